@@ -1,0 +1,69 @@
+"""Where the pieces the engine touches live in each supported Hugging Face architecture."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+from transformers.models.llama import modeling_llama
+
+# (multimodal model_type, text model_type) -> RoPE application of that text model.
+SUPPORTED: dict[tuple[str, str], Callable] = {("llava", "llama"): modeling_llama.apply_rotary_pos_emb}
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Handles on one model instance: the multimodal wrapper, the decoder stack and its attention geometry."""
+
+    mm_model: nn.Module  # receives input_ids (to locate image tokens)
+    text_model: nn.Module  # receives inputs_embeds with the image features scattered in
+    layers: nn.ModuleList
+    rotary: nn.Module
+    apply_rope: Callable
+    image_token_id: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    scaling: float
+    attn_implementation: str
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+
+def resolve(model: nn.Module) -> ArchSpec:
+    """Find the hook points of a supported model, or raise a one-line error saying what is supported."""
+    config = getattr(model, "config", None)
+    mm_type = getattr(config, "model_type", None)
+    text_type = getattr(getattr(config, "text_config", None), "model_type", None)
+    if (mm_type, text_type) not in SUPPORTED:
+        supported = ", ".join(f"{m} with a {t} text model" for m, t in SUPPORTED)
+        raise ValueError(
+            f"model: unsupported {type(model).__name__} (model_type={mm_type!r}, text model {text_type!r}); "
+            f"supported: {supported} (e.g. transformers.LlavaForConditionalGeneration, llava-hf/llava-1.5-7b-hf)"
+        )
+    mm_model = model.model
+    text_model = mm_model.language_model
+    text_config = config.text_config
+    attn = text_config._attn_implementation
+    if attn not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(
+            f"attn_implementation: got {attn!r} for the text model, allowed: {', '.join(ATTENTION_IMPLEMENTATIONS)}"
+        )
+    attention = text_model.layers[0].self_attn
+    return ArchSpec(
+        mm_model=mm_model,
+        text_model=text_model,
+        layers=text_model.layers,
+        rotary=text_model.rotary_emb,
+        apply_rope=SUPPORTED[(mm_type, text_type)],
+        image_token_id=config.image_token_id,
+        n_heads=text_config.num_attention_heads,
+        n_kv_heads=text_config.num_key_value_heads,
+        head_dim=attention.head_dim,
+        scaling=attention.scaling,
+        attn_implementation=attn,
+    )

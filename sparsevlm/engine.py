@@ -1,0 +1,440 @@
+"""attach(): the only code that touches Hugging Face internals -- hooks, sequence surgery, positions, masks, cache.
+
+How a prefill is pruned (no HF code is copied; everything is instance-scoped hooks removed on exit):
+- a pre-hook on the multimodal model records `input_ids` (where the image tokens are);
+- a pre-hook on the text model sees `inputs_embeds` (image features scattered in): chooses the text raters and
+  starts the per-forward sequence state;
+- forward hooks on q_proj/k_proj of each pruning layer keep the layer's projections, so the score rows can be
+  computed exactly (softmax over all keys) without materialising the L x L attention matrix;
+- a forward hook on each pruning layer rewrites its *output*: survivors, then recycled tokens, in sequence order;
+- a pre-hook on every later layer hands it the shortened positions, rotary terms and attention mask.
+During decoding each layer attends to its own (ragged) cache: the pre-hooks give every layer the mask of its own
+cache and, with contiguous positions, the position that layer's cache length implies (the reference's behaviour).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+from torch import nn
+
+from sparsevlm.arch import ArchSpec, resolve
+from sparsevlm.methods.base import Plan, PruningMethod, StageDecision, StageInput
+from sparsevlm.scoring import attention_rows, gravity, select_raters
+from sparsevlm.trace import PruneTrace, SampleTrace, StageRecord
+
+
+@dataclass
+class _Segment:
+    """Cache geometry shared by consecutive layers after a prefill: real cached keys, and the position shift."""
+
+    key_valid: torch.Tensor  # [B, T] bool
+    shift: torch.Tensor  # [B] long: original position minus this layer's contiguous position
+    pruned: bool
+
+
+@dataclass
+class _Prefill:
+    """Sequence state of one prefill while it runs through the decoder stack."""
+
+    plans: list[Plan]
+    positions: torch.Tensor  # [B, L] RoPE positions of the current tokens
+    valid: torch.Tensor  # [B, L] bool, False for padding
+    origin: torch.Tensor  # [B, L] index into the prefill input row; -1 for recycled tokens
+    vis_start: list[int]
+    vis_len: list[int]
+    raters: list[torch.Tensor | None]  # per sample, relative to the first token after the visual block
+    generators: list[torch.Generator]
+    samples: list[SampleTrace]
+    hf_mask_present: bool
+    original_valid_count: torch.Tensor  # [B]
+    segment: _Segment
+    segments: list[_Segment] = field(default_factory=list)
+    mask: torch.Tensor | None = None
+    rotary: tuple[torch.Tensor, torch.Tensor] | None = None
+    changed: bool = False
+    layer_rotary: tuple[torch.Tensor, torch.Tensor] | None = None
+    captured: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class _Decode:
+    """What a decode step needs from its prefill: per-layer cache geometry."""
+
+    prefill_len: int
+    segments: list[_Segment]
+    tail_valid: torch.Tensor | None = None  # [B, t] validity of the tokens appended since the prefill
+
+
+def attention_mask(key_valid: torch.Tensor, q_len: int, implementation: str, dtype: torch.dtype) -> torch.Tensor | None:
+    """The mask HF's attention functions expect for queries that are the last q_len of K keys (None when not needed)."""
+    n_keys = key_valid.shape[1]
+    if implementation == "flash_attention_2":
+        return None if bool(key_valid.all()) else key_valid.long()
+    if implementation == "sdpa" and bool(key_valid.all()) and q_len in (1, n_keys):
+        return None  # SDPA then applies is_causal itself, exactly as the unpatched model does
+    keys = torch.arange(n_keys, device=key_valid.device)
+    queries = keys[n_keys - q_len :]
+    allowed = key_valid[:, None, :] & (keys[None, None, :] <= queries[None, :, None])
+    allowed |= keys[None, None, :] == queries[None, :, None]  # a padding query sees itself: no all-masked row, no NaN
+    if implementation == "sdpa":
+        return allowed[:, None]
+    return torch.zeros(allowed.shape, dtype=dtype, device=key_valid.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min
+    )[:, None]
+
+
+def _sample_generator(seed: int, ids: torch.Tensor) -> torch.Generator:
+    """A generator that depends only on the seed and the sample's own tokens (batch- and beam-invariant)."""
+    digest = zlib.crc32(ids.detach().cpu().to(torch.int64).numpy().tobytes())
+    return torch.Generator().manual_seed(seed * 1_000_003 + digest)
+
+
+class _Engine:
+    """Hooks of one attached method on one model instance."""
+
+    def __init__(self, arch: ArchSpec, method: PruningMethod) -> None:
+        self.arch = arch
+        self.method = method
+        self.trace = PruneTrace(method=method.name)
+        self.prune_layers = method.pruning_layers(arch.n_layers)
+        self._input_ids: torch.Tensor | None = None
+        self._state: _Prefill | _Decode | None = None
+        self._decode: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def install(self) -> list[torch.utils.hooks.RemovableHandle]:
+        """Register every hook; the caller removes them."""
+        arch, handles = self.arch, []
+        handles.append(arch.mm_model.register_forward_pre_hook(self._on_mm_model, with_kwargs=True))
+        handles.append(arch.text_model.register_forward_pre_hook(self._on_text_start, with_kwargs=True))
+        handles.append(arch.text_model.register_forward_hook(self._on_text_end, with_kwargs=True))
+        for index, layer in enumerate(arch.layers):
+            handles.append(layer.register_forward_pre_hook(partial(self._before_layer, index), with_kwargs=True))
+        for index in self.prune_layers:
+            attention = arch.layers[index].self_attn
+            handles.append(attention.q_proj.register_forward_hook(partial(self._capture, "query")))
+            handles.append(attention.k_proj.register_forward_hook(partial(self._capture, "key")))
+            handles.append(arch.layers[index].register_forward_hook(partial(self._after_pruning_layer, index)))
+        return handles
+
+    # ----------------------------------------------------------------------------------------------- forward entry
+    def _on_mm_model(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._input_ids = kwargs.get("input_ids", args[0] if args else None)
+
+    def _on_text_start(self, module: nn.Module, args: tuple, kwargs: dict):
+        self._state = None
+        input_ids, self._input_ids = self._input_ids, None
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is None:
+            return None
+        cache = kwargs.get("past_key_values")
+        past = cache.get_seq_length() if cache is not None else 0
+        batch, length = embeds.shape[:2]
+        if kwargs.get("position_ids") is None:  # what the text model would compute, made explicit for the hooks
+            kwargs["position_ids"] = (torch.arange(length, device=embeds.device) + past)[None]
+        has_image = input_ids is not None and bool((input_ids == self.arch.image_token_id).any())
+        if has_image:
+            if past > 0:
+                raise ValueError(
+                    "input_ids: image tokens after a non-empty KV cache (a later turn with a new image) cannot be "
+                    "pruned; start a new generate() for each image"
+                )
+            self._state = self._start_prefill(input_ids, embeds, kwargs["position_ids"], kwargs.get("attention_mask"))
+        elif cache is not None and past > 0 and cache in self._decode:
+            decode = self._decode[cache]
+            mask2d = kwargs.get("attention_mask")
+            n_new = past - decode.prefill_len + length
+            tail = (
+                mask2d[:, decode.prefill_len :].bool()
+                if mask2d is not None and mask2d.dim() == 2
+                else torch.ones(batch, n_new, dtype=torch.bool, device=embeds.device)
+            )
+            self._state = _Decode(decode.prefill_len, decode.segments, tail)
+        return args, kwargs
+
+    def _start_prefill(
+        self, input_ids: torch.Tensor, embeds: torch.Tensor, position_ids: torch.Tensor, mask2d: torch.Tensor | None
+    ) -> _Prefill:
+        batch, length = input_ids.shape
+        device = embeds.device
+        valid = (
+            mask2d.bool().clone()
+            if mask2d is not None and mask2d.dim() == 2
+            else torch.ones(batch, length, dtype=torch.bool, device=device)
+        )
+        plans, vis_start, vis_len, raters, generators, samples = [], [], [], [], [], []
+        n_layers = self.arch.n_layers
+        for row in range(batch):
+            where = (input_ids[row] == self.arch.image_token_id).nonzero().squeeze(1)
+            if where.numel() == 0:
+                raise ValueError(
+                    f"input_ids: sample {row} of the batch has no image tokens (image_token_id="
+                    f"{self.arch.image_token_id}); every sample needs exactly one image"
+                )
+            start, count = int(where[0]), where.numel()
+            if int(where[-1]) - start + 1 != count:
+                raise ValueError(f"input_ids: sample {row} has several image blocks; one contiguous image is supported")
+            if not bool(valid[row, start:].all()):
+                raise ValueError("attention_mask: padding after the image; pad on the left (padding_side='left')")
+            plan = self.method.plan(n_layers, count)
+            if plan.prune_layers and plan.prune_layers != self.prune_layers:
+                raise AssertionError(f"{self.method.name}: plan layers {plan.prune_layers} != {self.prune_layers}")
+            rater = None
+            if plan.score_rows == "raters":
+                rater = select_raters(
+                    embeds[row, start : start + count],
+                    embeds[row, start + count :],
+                    getattr(self.method, "raters", "relevant"),
+                    getattr(self.method, "rater_dtype", "model"),
+                )
+            plans.append(plan)
+            vis_start.append(start)
+            vis_len.append(count)
+            raters.append(rater)
+            generators.append(_sample_generator(getattr(self.method, "seed", 0), input_ids[row][valid[row]]))
+            samples.append(
+                SampleTrace(
+                    n_layers=n_layers,
+                    n_visual=count,
+                    prompt_tokens=int(valid[row].sum()),
+                    tokens_in=[],
+                    visual_in=[],
+                    visual_out=[],
+                    raters=[] if rater is None else (rater + start + count).tolist(),
+                    image_start=start,
+                )
+            )
+        counts = valid.sum(dim=1)
+        segment = _Segment(valid, torch.zeros(batch, dtype=torch.long, device=device), pruned=False)
+        return _Prefill(
+            plans=plans,
+            positions=position_ids.expand(batch, length).clone(),
+            valid=valid,
+            origin=torch.arange(length, device=device).expand(batch, length).clone(),
+            vis_start=vis_start,
+            vis_len=vis_len,
+            raters=raters,
+            generators=generators,
+            samples=samples,
+            hf_mask_present=mask2d is not None and not bool(valid.all()),
+            original_valid_count=counts,
+            segment=segment,
+        )
+
+    # -------------------------------------------------------------------------------------------------- per layer
+    def _before_layer(self, index: int, module: nn.Module, args: tuple, kwargs: dict):
+        state = self._state
+        if isinstance(state, _Prefill):
+            counts = state.valid.sum(dim=1).tolist()
+            for row, sample in enumerate(state.samples):
+                sample.tokens_in.append(int(counts[row]))
+                sample.visual_in.append(state.vis_len[row])
+            state.segments.append(state.segment)
+            if state.changed:
+                kwargs["attention_mask"] = state.mask
+                kwargs["position_ids"] = state.positions
+                kwargs["position_embeddings"] = state.rotary
+            if index in self.prune_layers:
+                state.layer_rotary = kwargs["position_embeddings"]
+            return (args, kwargs) if state.changed else None
+        if isinstance(state, _Decode):
+            segment = state.segments[index]
+            if not segment.pruned:
+                return None
+            hidden = args[0] if args else kwargs["hidden_states"]
+            positions = kwargs["position_ids"] - segment.shift[:, None]
+            kwargs["position_ids"] = positions
+            kwargs["position_embeddings"] = self.arch.rotary(hidden, positions)
+            key_valid = torch.cat([segment.key_valid, state.tail_valid], dim=1)
+            kwargs["attention_mask"] = attention_mask(
+                key_valid, hidden.shape[1], self.arch.attn_implementation, hidden.dtype
+            )
+            return args, kwargs
+        return None
+
+    def _capture(self, kind: str, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        if isinstance(self._state, _Prefill):
+            self._state.captured[kind] = output
+
+    def _score(self, state: _Prefill, row: int, plan: Plan, hidden: torch.Tensor) -> torch.Tensor | None:
+        """[H, R, Nv] attention of the score rows over the current visual block of one sample."""
+        if plan.score_rows is None:
+            return None
+        start, count = state.vis_start[row], state.vis_len[row]
+        if plan.score_rows == "raters":
+            rows = state.raters[row].to(hidden.device) + start + count
+        else:
+            rows = torch.tensor([hidden.shape[1] - 1], device=hidden.device)
+        cos, sin = state.layer_rotary
+        probs = attention_rows(
+            state.captured["query"][row],
+            state.captured["key"][row],
+            cos[row] if cos.shape[0] > 1 else cos[0],
+            sin[row] if sin.shape[0] > 1 else sin[0],
+            rows,
+            state.valid[row],
+            self.arch.apply_rope,
+            self.arch.scaling,
+        )[:, :, start : start + count]
+        if plan.gravity:
+            prior = gravity(
+                state.positions[row, rows],
+                state.positions[row, start : start + count],
+                self.arch.rotary.inv_freq,
+                self.arch.head_dim,
+                getattr(self.arch.rotary, "attention_scaling", 1.0),
+            )
+            if bool((prior <= 0).any()):
+                raise ValueError(
+                    f"gravity: the RoPE distance prior is <= 0 at distances up to "
+                    f"{int(state.positions[row, rows].max() - state.positions[row, start])} (head_dim="
+                    f"{self.arch.head_dim}); SparseVLM+'s correction is undefined this far, use gravity=False"
+                )
+            probs = probs / prior
+        return probs
+
+    def _after_pruning_layer(self, index: int, module: nn.Module, args: tuple, output: torch.Tensor):
+        state = self._state
+        if not isinstance(state, _Prefill):
+            return None
+        hidden = output
+        decisions: list[StageDecision | None] = []
+        for row, plan in enumerate(state.plans):
+            if index not in plan.prune_layers:
+                decisions.append(None)
+                continue
+            start, count = state.vis_start[row], state.vis_len[row]
+            stage = plan.prune_layers.index(index)
+            inp = StageInput(
+                stage,
+                index,
+                hidden[row, start : start + count],
+                self._score(state, row, plan, hidden),
+                state.generators[row],
+            )
+            decision = self.method.decide(inp, plan)
+            decisions.append(decision)
+            origin = state.origin[row, start : start + count]
+            state.samples[row].stages.append(
+                StageRecord(
+                    layer=index,
+                    visual_in=count,
+                    kept=decision.kept.tolist(),
+                    kept_original=origin[decision.kept].tolist(),
+                    merged_groups=decision.merged_groups,
+                    rank=decision.rank,
+                )
+            )
+        state.captured.clear()
+        if all(d is None for d in decisions):
+            return None
+        return self._rebuild(state, hidden, decisions)
+
+    def _rebuild(self, state: _Prefill, hidden: torch.Tensor, decisions: list[StageDecision | None]) -> torch.Tensor:
+        """New hidden states [pad | pre | kept | recycled | text] per sample, left-padded to a common length."""
+        batch, length, dim = hidden.shape
+        device = hidden.device
+        n_merged = [0 if d is None or d.merged is None else d.merged.shape[0] for d in decisions]
+        extra = max(n_merged)
+        merged = hidden.new_zeros(batch, extra, dim)
+        merged_pos = torch.zeros(batch, extra, dtype=state.positions.dtype, device=device)
+        rows_index = []
+        for row, decision in enumerate(decisions):
+            start, count = state.vis_start[row], state.vis_len[row]
+            if decision is None:
+                kept = torch.arange(count, device=device)
+            else:
+                kept = decision.kept.to(device)
+            if n_merged[row]:
+                merged[row, : n_merged[row]] = decision.merged
+                centres = torch.tensor([g[0] for g in decision.merged_groups], device=device)  # best-scored member
+                merged_pos[row, : n_merged[row]] = state.positions[row, start + centres]
+            rows_index.append(
+                torch.cat(
+                    [
+                        torch.arange(start, device=device),
+                        start + kept,
+                        length + torch.arange(n_merged[row], device=device),
+                        torch.arange(start + count, length, device=device),
+                    ]
+                )
+            )
+            state.vis_len[row] = kept.numel() + n_merged[row]
+        new_length = max(r.numel() for r in rows_index)
+        index = torch.zeros(batch, new_length, dtype=torch.long, device=device)
+        is_pad = torch.ones(batch, new_length, dtype=torch.bool, device=device)
+        for row, row_index in enumerate(rows_index):
+            pad = new_length - row_index.numel()
+            index[row, pad:] = row_index
+            is_pad[row, pad:] = False
+            state.vis_start[row] += pad
+        ext_hidden = torch.cat([hidden, merged], dim=1)
+        ext_valid = torch.cat([state.valid, torch.ones(batch, extra, dtype=torch.bool, device=device)], dim=1)
+        ext_origin = torch.cat([state.origin, torch.full((batch, extra), -1, device=device)], dim=1)
+        ext_positions = torch.cat([state.positions, merged_pos], dim=1)
+        new_hidden = torch.gather(ext_hidden, 1, index[..., None].expand(batch, new_length, dim))
+        state.valid = torch.gather(ext_valid, 1, index) & ~is_pad
+        state.origin = torch.gather(ext_origin, 1, index).masked_fill(is_pad, -1)
+        gathered = torch.gather(ext_positions, 1, index)
+        if next(p for p in state.plans if p.prune_layers).positions == "contiguous":
+            first = self._first_valid_position(ext_positions, ext_valid, index, is_pad)
+            state.positions = (first[:, None] + state.valid.long().cumsum(dim=1) - 1).clamp(min=0)
+            shift = state.original_valid_count - state.valid.sum(dim=1)
+        else:
+            state.positions = gathered.masked_fill(is_pad, 0)
+            shift = torch.zeros(batch, dtype=torch.long, device=device)
+        state.changed = True
+        state.rotary = self.arch.rotary(new_hidden, state.positions)
+        needs_mask = self.arch.attn_implementation == "eager" or state.hf_mask_present or not bool(state.valid.all())
+        state.mask = (
+            attention_mask(state.valid, new_length, self.arch.attn_implementation, hidden.dtype) if needs_mask else None
+        )
+        state.segment = _Segment(state.valid, shift, pruned=True)
+        return new_hidden
+
+    @staticmethod
+    def _first_valid_position(
+        positions: torch.Tensor, valid: torch.Tensor, index: torch.Tensor, is_pad: torch.Tensor
+    ) -> torch.Tensor:
+        """Position of each sample's first real token (0 for HF's left-padded batches)."""
+        gathered_valid = torch.gather(valid, 1, index) & ~is_pad
+        first = gathered_valid.long().argmax(dim=1, keepdim=True)
+        return torch.gather(torch.gather(positions, 1, index), 1, first)[:, 0]
+
+    # ------------------------------------------------------------------------------------------------ forward exit
+    def _on_text_end(self, module: nn.Module, args: tuple, kwargs: dict, output) -> None:
+        state, self._state = self._state, None
+        if not isinstance(state, _Prefill):
+            return
+        for row, sample in enumerate(state.samples):
+            sample.visual_out = sample.visual_in[1:] + [state.vis_len[row]]
+            self.trace.samples.append(sample)
+        cache = getattr(output, "past_key_values", None)
+        if cache is not None:
+            self._decode[cache] = _Decode(prefill_len=state.segments[0].key_valid.shape[1], segments=state.segments)
+
+
+@contextlib.contextmanager
+def attach(model: nn.Module, method: PruningMethod) -> Iterator[PruneTrace]:
+    """Prune visual tokens of `model` with `method` inside the block; yields the trace of every prefill.
+
+    Works in every generation mode (greedy, sampling, beam search) and with left-padded batches. On exit every
+    hook is removed and the model is exactly as before.
+    """
+    if not isinstance(method, PruningMethod):
+        raise TypeError(f"method: expected a sparsevlm method (SparseVLM, FastV, RandomPrune, Dense), got {method!r}")
+    arch = resolve(model)
+    method.check_model(arch.n_layers, arch.n_heads)
+    engine = _Engine(arch, method)
+    handles = engine.install()
+    try:
+        yield engine.trace
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,80 @@
+"""The contract between a pruning method (policy) and the engine (mechanics)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the engine must do for one sample: where to prune, what to score, how to number positions."""
+
+    prune_layers: tuple[int, ...] = ()
+    keeps: tuple[int, ...] = ()  # per stage; empty for data-dependent rules (v1.0 rank)
+    score_rows: str | None = None  # "raters" | "last" | None (no attention needed, e.g. random)
+    gravity: bool = False  # divide rater attention by the RoPE distance prior (SparseVLM+)
+    positions: str = "contiguous"  # "contiguous" (renumber survivors) | "original" (keep their positions)
+
+
+@dataclass(frozen=True)
+class StageInput:
+    """What a method sees at one pruning layer for one sample."""
+
+    stage: int  # index into Plan.prune_layers
+    layer: int
+    hidden: torch.Tensor  # [Nv, D] the layer's output for the current visual block
+    attention: torch.Tensor | None  # [H, R, Nv] fp32 probabilities of the score rows over the visual block
+    generator: torch.Generator  # per sample, seeded at the start of each prefill
+
+
+@dataclass(frozen=True)
+class StageDecision:
+    """Which visual tokens survive a stage, and which recycled tokens are appended after them."""
+
+    kept: torch.Tensor  # sorted positions inside the current visual block
+    merged: torch.Tensor | None = None  # [C, D] recycled tokens, in insertion order
+    merged_groups: list[list[int]] = field(default_factory=list)  # block positions merged into each recycled token
+    rank: int | None = None
+
+
+class PruningMethod:
+    """Base of all methods: a frozen dataclass of policy; the engine does every tensor bookkeeping step."""
+
+    name: ClassVar[str] = "base"
+
+    def pruning_layers(self, n_layers: int) -> tuple[int, ...]:
+        """Decoder layers whose output is pruned, for a model of this depth."""
+        return ()
+
+    def plan(self, n_layers: int, n_visual: int) -> Plan:
+        """The static part of the method for one sample with n_visual image tokens."""
+        return Plan()
+
+    def decide(self, inp: StageInput, plan: Plan) -> StageDecision:
+        """Choose survivors at one pruning layer."""
+        raise NotImplementedError
+
+    def check_model(self, n_layers: int, n_heads: int) -> None:
+        """Raise a one-line ValueError if the method cannot run on a model of this shape."""
+
+
+def check_budget(budget: object) -> None:
+    """Budgets are positive integers (equivalent visual tokens)."""
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
+        raise ValueError(
+            f"budget: expected a positive int (equivalent visual tokens, e.g. 64, 128, 192), got {budget!r}"
+        )
+
+
+def check_choice(name: str, value: object, allowed: tuple) -> None:
+    """One-line error naming the field and its allowed values."""
+    if value not in allowed:
+        raise ValueError(f"{name}: got {value!r}, allowed: {', '.join(repr(a) for a in allowed)}")
+
+
+def topk_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k highest scores, in ascending position order (the reference selects through a 0/1 mask)."""
+    return torch.sort(torch.topk(scores, k).indices).values

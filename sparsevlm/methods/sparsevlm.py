@@ -1,0 +1,174 @@
+"""SparseVLM (Zhang et al., ICML 2025, arXiv 2410.04417): text-rater-guided progressive visual-token pruning."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+import torch
+
+from sparsevlm.methods.base import (
+    Plan,
+    PruningMethod,
+    StageDecision,
+    StageInput,
+    check_budget,
+    check_choice,
+    topk_sorted,
+)
+from sparsevlm.recycle import dpc_knn_clusters, merge_clusters
+from sparsevlm.schedule import (
+    V10_LAYERS,
+    V10_SCALE_BIAS,
+    V15_LAYERS,
+    V15_TABLE,
+    V20_TABLE,
+    derive_keeps,
+    map_layers,
+)
+
+# What each released version does (sparsevlm-algorithm.md §2); every entry is also a field that can be overridden.
+VERSION_DEFAULTS = {
+    "1.0": dict(keep_rule="rank", heads=None, gravity=False, recycle=True, positions="contiguous"),
+    "1.5": dict(keep_rule="table", heads=None, gravity=False, recycle=True, positions="contiguous"),
+    "2.0": dict(keep_rule="table", heads=14, gravity=True, recycle=False, positions="original"),
+}
+
+
+@dataclass(frozen=True)
+class SparseVLM(PruningMethod):
+    """SparseVLM with every difference between the authors' releases exposed as a field.
+
+    Versions (defaults for the None fields):
+      "1.0"  Oct-2024 code (91fb6d9): rank rule keep = min(int(rank * scale + bias), Nv - 1), layers 2/6/15/19.
+      "1.5"  ICML-era code (tag v1.5, b9619e6): fixed per-layer tables at layers 2/6/15, recycling. Default.
+      "2.0"  SparseVLM+ (9e1f649, USE_VERSION=2_0): gravity-corrected attention, top-14 heads, no recycling,
+             original position ids.
+    Deviations from the reference are fields too: `tie_break` (the reference adds random noise), `rank_rule`
+    ("paper": deleted = scale * (Nv - rank), Eq. 8), `raters="all"`, `rater_dtype="float32"`.
+    """
+
+    budget: int = 192
+    version: str = "1.5"
+    prune_layers: tuple[int, ...] | None = None  # None: the version's layers, mapped to the model's depth
+    keeps: tuple[int, ...] | None = None  # None: the version's table, or derived for other budgets/depths
+    keep_rule: str | None = None  # "table" | "rank"
+    rank_rule: str = "code"  # "code": keep = rank * scale + bias | "paper": delete = scale * (Nv - rank)
+    scale: float | None = None  # rank rule; None: the authors' value for the budget
+    bias: float | None = None
+    raters: str = "relevant"  # "relevant": text tokens with above-mean relevance (the paper) | "all"
+    rater_dtype: str = "model"  # "model": V @ T^T in the model's dtype, as the reference | "float32"
+    heads: int | None = None  # average the top-`heads` heads by rater->visual mass; None = all heads
+    gravity: bool | None = None
+    recycle: bool | None = None
+    recycle_fraction: float = 0.3  # tau: share of deleted tokens (best scores) offered to clustering
+    cluster_ratio: float = 0.1  # theta: clusters per candidate
+    positions: str | None = None  # "contiguous" | "original"
+    tie_break: str = "index"  # DPC-kNN density ties: "index" (deterministic) | "noise" (reference, seeded)
+    seed: int = 0
+    name: ClassVar[str] = "sparsevlm"
+
+    def __post_init__(self) -> None:
+        check_choice("version", self.version, tuple(VERSION_DEFAULTS))
+        check_budget(self.budget)
+        for key, value in VERSION_DEFAULTS[self.version].items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
+        check_choice("keep_rule", self.keep_rule, ("table", "rank"))
+        check_choice("rank_rule", self.rank_rule, ("code", "paper"))
+        check_choice("raters", self.raters, ("relevant", "all"))
+        check_choice("rater_dtype", self.rater_dtype, ("model", "float32"))
+        check_choice("positions", self.positions, ("contiguous", "original"))
+        check_choice("tie_break", self.tie_break, ("index", "noise"))
+        if self.heads is not None and (not isinstance(self.heads, int) or self.heads < 1):
+            raise ValueError(f"heads: expected None (all heads) or a positive int, got {self.heads!r}")
+        if not 0 < self.recycle_fraction <= 1 or not 0 < self.cluster_ratio <= 1:
+            raise ValueError("recycle_fraction and cluster_ratio: expected values in (0, 1]")
+        if self.keep_rule == "rank":
+            if self.scale is None or self.bias is None:
+                if self.budget not in V10_SCALE_BIAS:
+                    raise ValueError(
+                        f"budget: the rank rule has calibrated scale/bias only for budgets "
+                        f"{sorted(V10_SCALE_BIAS)}; pass scale= and bias= for budget={self.budget}"
+                    )
+                scale, bias = V10_SCALE_BIAS[self.budget]
+                object.__setattr__(self, "scale", scale if self.scale is None else self.scale)
+                object.__setattr__(self, "bias", bias if self.bias is None else self.bias)
+        if self.keeps is not None:
+            object.__setattr__(self, "keeps", tuple(self.keeps))
+            layers = self.prune_layers
+            if layers is None or len(layers) != len(self.keeps):
+                raise ValueError("keeps: needs prune_layers with the same number of stages")
+        if self.prune_layers is not None:
+            object.__setattr__(self, "prune_layers", tuple(self.prune_layers))
+            if list(self.prune_layers) != sorted(set(self.prune_layers)):
+                raise ValueError(f"prune_layers: expected strictly increasing layers, got {self.prune_layers}")
+
+    def describe(self) -> dict:
+        """All resolved fields, for run records."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def check_model(self, n_layers: int, n_heads: int) -> None:
+        if self.heads is not None and self.heads > n_heads:
+            raise ValueError(
+                f"heads: top-{self.heads} head selection needs >= {self.heads} attention heads, the model has {n_heads}"
+            )
+        layers = self.pruning_layers(n_layers)
+        if layers and layers[-1] > n_layers - 2:
+            raise ValueError(f"prune_layers: layers must be <= {n_layers - 2} for a {n_layers}-layer model")
+
+    def pruning_layers(self, n_layers: int) -> tuple[int, ...]:
+        if self.prune_layers is not None:
+            return self.prune_layers
+        return map_layers(V10_LAYERS if self.keep_rule == "rank" else V15_LAYERS, n_layers)
+
+    def plan(self, n_layers: int, n_visual: int) -> Plan:
+        layers = self.pruning_layers(n_layers)
+        common = dict(score_rows="raters", gravity=self.gravity, positions=self.positions)
+        if self.budget >= n_visual:
+            warnings.warn(
+                f"sparsevlm: budget={self.budget} >= {n_visual} visual tokens; nothing is pruned", stacklevel=3
+            )
+            return Plan(positions=self.positions)
+        if self.keep_rule == "rank":
+            return Plan(layers, (), **common)
+        if self.keeps is not None:
+            return Plan(layers, self.keeps, **common)
+        table = V20_TABLE if self.version == "2.0" else V15_TABLE
+        keeps = derive_keeps(
+            table, self.budget, layers, n_visual, n_layers, self.recycle, self.recycle_fraction, self.cluster_ratio
+        )
+        return Plan(layers, keeps, **common)
+
+    def decide(self, inp: StageInput, plan: Plan) -> StageDecision:
+        attention = inp.attention  # [H, R, Nv]
+        if self.heads is not None:  # SparseVLM+ §4.3: the heads that look at the image most
+            top = attention.sum(dim=(1, 2)).topk(self.heads).indices
+            attention = attention[top]
+        relation = attention.mean(dim=0)  # [R, Nv]
+        scores = relation.mean(dim=0)  # [Nv]
+        n_visual = scores.numel()
+        rank = None
+        if self.keep_rule == "rank":
+            rank = int(torch.linalg.matrix_rank(relation.float()))
+            if self.rank_rule == "code":
+                keep = min(int(rank * self.scale + self.bias), n_visual - 1) if n_visual - rank != 0 else n_visual
+            else:
+                keep = n_visual - min(int(self.scale * (n_visual - rank)), n_visual - 1)
+            keep = max(keep, 0)
+        else:
+            keep = min(plan.keeps[inp.stage], n_visual - 1)
+        kept = topk_sorted(scores, keep)
+        if not self.recycle or keep >= n_visual:
+            return StageDecision(kept=kept, rank=rank)
+        is_deleted = torch.ones(n_visual, dtype=torch.bool, device=scores.device)
+        is_deleted[kept] = False
+        deleted = is_deleted.nonzero().squeeze(1)
+        n_candidates = int(self.recycle_fraction * deleted.numel()) + 1
+        candidates = deleted[scores[deleted].topk(n_candidates).indices]  # best deleted first
+        n_clusters = int(n_candidates * self.cluster_ratio) + 1
+        _, assign = dpc_knn_clusters(inp.hidden[candidates], n_clusters, self.tie_break, inp.generator)
+        merged = merge_clusters(inp.hidden[candidates], assign, n_clusters)
+        groups = [candidates[assign == c].tolist() for c in range(n_clusters)]
+        return StageDecision(kept=kept, merged=merged, merged_groups=groups, rank=rank)

@@ -1,0 +1,173 @@
+"""A deliberately naive SparseVLM/FastV written straight from the spec, for B = 1: full eager attention maps.
+
+Independent of `sparsevlm/` on purpose (own tables, own DPC-kNN, own gravity built from all-ones q/k as the
+authors' code does). It drives the decoder layers itself, without a KV cache, and either decides by itself or
+replays recorded decisions (to recompute decode steps without a cache).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+TABLES = {
+    "1.5": {192: (300, 200, 110), 128: (303, 110, 36), 96: (238, 48, 26), 64: (66, 30, 17)},
+    "2.0": {192: (300, 200, 118), 128: (238, 108, 60), 96: (246, 54, 28), 64: (66, 34, 20)},
+}
+SCALE_BIAS = {192: (13.5, 0.0), 128: (9.0, 6.0), 64: (0.8, 0.0)}
+
+
+def inputs_embeds(model, inputs: dict) -> torch.Tensor:
+    """The text model's input (image features scattered in), captured from a plain forward."""
+    box = {}
+
+    def grab(module, args, kwargs):
+        box["x"] = kwargs["inputs_embeds"]
+
+    handle = model.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
+    with torch.no_grad():
+        model(**inputs)
+    handle.remove()
+    return box["x"]
+
+
+def raters_of(embeds: torch.Tensor, vs: int, nv: int) -> list[int]:
+    """Text tokens whose mean softmax relevance to the image is above average (absolute indices)."""
+    v, t = embeds[0, vs : vs + nv], embeds[0, vs + nv :]
+    r = torch.softmax(v @ t.T, dim=1).mean(dim=0)
+    return [vs + nv + j for j in range(t.shape[0]) if r[j] > r.mean()]
+
+
+def dpc_knn(x: torch.Tensor, c: int) -> list[list[int]]:
+    """Clusters (lists of row indices, strongest centre first) by density peaks, ties to the lower index."""
+    n = x.shape[0]
+    d = torch.cdist(x, x) / x.shape[1] ** 0.5
+    rho = [float(torch.exp(-(torch.sort(d[i]).values[:c] ** 2).mean())) for i in range(n)]
+    order = sorted(range(n), key=lambda i: (-rho[i], i))
+    rank = {i: r for r, i in enumerate(order)}
+    dmax = float(d.max())
+    delta = [min([float(d[i, j]) for j in range(n) if rank[j] < rank[i]], default=dmax) for i in range(n)]
+    strength = torch.tensor([delta[i] * rho[i] for i in range(n)])
+    centres = torch.topk(strength, c).indices.tolist()
+    groups = [[] for _ in range(c)]
+    for i in range(n):
+        label = centres.index(i) if i in centres else int(torch.argmin(d[centres, i]))
+        groups[label].append(i)
+    return groups
+
+
+def run(model, inputs: dict, decide, positions_mode: str = "contiguous") -> torch.Tensor:
+    """Layer-by-layer prefill with full eager attention maps; decide(layer, A, h_out, vs, nv) -> (kept, groups) or None.
+
+    Returns the last-position logits. `kept` and `groups` are block coordinates; groups are merged by
+    sum / (count + 1e-6) and inserted after the kept tokens.
+    """
+    text = model.model.language_model
+    ids = inputs["input_ids"]
+    img = model.config.image_token_id
+    where = (ids[0] == img).nonzero().squeeze(1)
+    vs, nv = int(where[0]), where.numel()
+    h = inputs_embeds(model, inputs)
+    pos = torch.arange(h.shape[1])[None]
+    box = {}
+    hooks = [layer.self_attn.register_forward_hook(lambda m, a, o: box.__setitem__("A", o[1])) for layer in text.layers]
+    text.config._attn_implementation, saved = "eager", text.config._attn_implementation
+    try:
+        with torch.no_grad():
+            for index, layer in enumerate(text.layers):
+                length = h.shape[1]
+                causal = torch.full((length, length), torch.finfo(h.dtype).min).triu(1)[None, None]
+                h_out = layer(h, attention_mask=causal, position_ids=pos, position_embeddings=text.rotary_emb(h, pos))
+                decision = decide(index, box["A"], h_out, vs, nv, pos)
+                if decision is not None:
+                    kept, groups = decision
+                    vis = h_out[0, vs : vs + nv]
+                    merged = [vis[g].sum(0) / (len(g) + 1e-6) for g in groups]
+                    parts = (
+                        [h_out[0, :vs], vis[kept]] + ([torch.stack(merged)] if merged else []) + [h_out[0, vs + nv :]]
+                    )
+                    new_pos = [pos[0, :vs], pos[0, vs:][kept]]
+                    new_pos += [pos[0, vs + torch.tensor([g[0] for g in groups])]] if groups else []
+                    new_pos += [pos[0, vs + nv :]]
+                    h_out = torch.cat(parts)[None]
+                    nv = len(kept) + len(groups)
+                    pos = (
+                        torch.cat(new_pos)[None] if positions_mode == "original" else torch.arange(h_out.shape[1])[None]
+                    )
+                h = h_out
+            return model.lm_head(text.norm(h))[:, -1]
+    finally:
+        text.config._attn_implementation = saved
+        for hook in hooks:
+            hook.remove()
+
+
+def sparsevlm_decider(model, inputs: dict, version: str, budget: int, record: list):
+    """The spec's algorithm at layers 2/6/15 (v1.5, v2.0) or 2/6/15/19 with the rank rule (v1.0)."""
+    embeds = inputs_embeds(model, inputs)
+    ids = inputs["input_ids"][0]
+    where = (ids == model.config.image_token_id).nonzero().squeeze(1)
+    vs0, nv0 = int(where[0]), where.numel()
+    rater_rel = [j - vs0 - nv0 for j in raters_of(embeds, vs0, nv0)]
+    layers = (2, 6, 15, 19) if version == "1.0" else (2, 6, 15)
+    head_dim = model.config.text_config.hidden_size // model.config.text_config.num_attention_heads
+    rotary = model.model.language_model.rotary_emb
+
+    def decide(layer, attn, h_out, vs, nv, pos):
+        if layer not in layers:
+            return None
+        rows = [vs + nv + j for j in rater_rel]
+        a = attn[0]  # [H, L, L]
+        if version == "2.0":
+            ones = torch.ones(1, a.shape[0], a.shape[1], head_dim)
+            cos, sin = rotary(ones, pos)
+            q, k = apply_rotary_pos_emb(ones, ones, cos, sin)
+            a = a / (q @ k.transpose(2, 3) / head_dim**0.5)[0]
+            top = a[:, rows, vs : vs + nv].sum(dim=(1, 2)).topk(14 if a.shape[0] >= 14 else a.shape[0]).indices
+            a = a[top]
+        p = a.mean(dim=0)[rows, vs : vs + nv]
+        score = p.mean(dim=0)
+        if version == "1.0":
+            scale, bias = SCALE_BIAS[budget]
+            rank = int(torch.linalg.matrix_rank(p))
+            keep = nv if nv - rank == 0 else min(int(rank * scale + bias), nv - 1)
+        else:
+            keep = min(TABLES[version][budget][layers.index(layer)], nv - 1)
+        kept = sorted(torch.topk(score, keep).indices.tolist())
+        groups = []
+        if version != "2.0" and keep < nv:
+            deleted = [i for i in range(nv) if i not in set(kept)]
+            n1 = int(0.3 * len(deleted)) + 1
+            cand = [deleted[i] for i in torch.topk(score[deleted], n1).indices.tolist()]
+            groups = [[cand[i] for i in g] for g in dpc_knn(h_out[0, vs : vs + nv][cand], int(n1 / 10) + 1)]
+        record.append((layer, kept, groups))
+        return torch.tensor(kept, dtype=torch.long), groups
+
+    return decide
+
+
+def fastv_decider(layer_k: int, keep: int, record: list):
+    """FastV: at layer K-1, keep the top-`keep` visual tokens by the last token's head-averaged attention."""
+
+    def decide(layer, attn, h_out, vs, nv, pos):
+        if layer != layer_k - 1:
+            return None
+        score = attn[0].mean(dim=0)[-1, vs : vs + nv]
+        kept = sorted(torch.topk(score, keep).indices.tolist())
+        record.append((layer, kept, []))
+        return torch.tensor(kept, dtype=torch.long), []
+
+    return decide
+
+
+def replay_decider(stages):
+    """Re-apply recorded StageRecords (kept + merged groups) instead of deciding."""
+    by_layer = {s.layer: s for s in stages}
+
+    def decide(layer, attn, h_out, vs, nv, pos):
+        if layer not in by_layer:
+            return None
+        stage = by_layer[layer]
+        return torch.tensor(stage.kept, dtype=torch.long), stage.merged_groups
+
+    return decide

@@ -1,0 +1,303 @@
+"""The engine against the spec: identity when nothing is pruned, exact counts, a naive reference, decode, batches."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import naive_reference as naive
+import pytest
+import torch
+from conftest import build_llava, make_inputs
+
+import sparsevlm
+from sparsevlm import Dense, FastV, RandomPrune, SparseVLM
+
+
+def _logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits[:, -1]
+
+
+def _generate(model, inputs, **kwargs):
+    kwargs.setdefault("max_new_tokens", 6)
+    kwargs.setdefault("do_sample", False)
+    with torch.no_grad():
+        return model.generate(**inputs, pad_token_id=0, **kwargs)
+
+
+def _hook_count(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.fixture(scope="module")
+def model_v2():
+    """head_dim 64, so SparseVLM+'s RoPE distance prior stays positive over the ~600-token prompt."""
+    return build_llava(hidden=256, heads=4)
+
+
+# 1. ------------------------------------------------------------------------------------------ identity
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_dense_and_oversized_budget_are_exact(attn):
+    model = build_llava(attn=attn)
+    inputs = make_inputs()
+    ref_logits, ref_ids = _logits(model, inputs), _generate(model, inputs)
+    hooks_before = _hook_count(model)  # after a forward: HF installs its own output-capturing hooks lazily
+    for method in (Dense(), SparseVLM(budget=576), SparseVLM(budget=1000, version="2.0", heads=4), FastV(budget=600)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with sparsevlm.attach(model, method) as trace:
+                assert (_logits(model, inputs) - ref_logits).abs().max() <= 1e-6
+                assert torch.equal(_generate(model, inputs), ref_ids)
+        assert trace.last.equivalent_tokens == 576
+    assert _hook_count(model) == hooks_before
+    assert torch.equal(_logits(model, inputs), ref_logits)
+
+
+def test_detach_restores_model_after_pruning_and_after_errors(llava32):
+    inputs = make_inputs()
+    ref = _logits(llava32, inputs)
+    hooks_before = _hook_count(llava32)
+    with sparsevlm.attach(llava32, SparseVLM(budget=64)):
+        assert not torch.allclose(_logits(llava32, inputs), ref)
+    with pytest.raises(RuntimeError, match="boom"), sparsevlm.attach(llava32, SparseVLM(budget=64)):
+        raise RuntimeError("boom")
+    assert _hook_count(llava32) == hooks_before
+    assert torch.equal(_logits(llava32, inputs), ref)
+
+
+def test_budget_at_or_above_visual_count_warns(llava32):
+    with pytest.warns(UserWarning, match="nothing is pruned"), sparsevlm.attach(llava32, SparseVLM(budget=576)):
+        _logits(llava32, make_inputs())
+
+
+# 2. --------------------------------------------------------------------------------- exact schedule counts
+@pytest.mark.parametrize(
+    ("version", "budget", "after", "equivalent"),
+    [
+        ("1.5", 192, (309, 204, 113), 192.03125),
+        ("1.5", 128, (312, 117, 39), 128.625),
+        ("1.5", 96, (249, 55, 27), 96.9375),
+        ("1.5", 64, (82, 32, 18), 64.8125),
+        ("2.0", 192, (300, 200, 118), 192.4375),
+        ("2.0", 64, (66, 34, 20), 64.4375),
+    ],
+)
+def test_paper_schedule_counts(llava32, model_v2, version, budget, after, equivalent):
+    model = model_v2 if version == "2.0" else llava32
+    method = SparseVLM(budget=budget, version=version, heads=4 if version == "2.0" else None)
+    with sparsevlm.attach(model, method) as trace:
+        _logits(model, make_inputs())
+    sample = trace.last
+    assert tuple(sample.visual_out[layer] for layer in (2, 6, 15)) == after
+    assert sample.visual_out[:2] == [576, 576] and sample.visual_in[:3] == [576] * 3
+    assert sample.equivalent_tokens == equivalent
+    n_other = sample.prompt_tokens - 576
+    assert sample.tokens_in[16] == n_other + after[2] and sample.tokens_in[31] == n_other + after[2]
+    assert sample.equivalent_tokens_input == (3 * 576 + 4 * after[0] + 9 * after[1] + 16 * after[2]) / 32
+
+
+# 3. ------------------------------------------------------------------------------------ naive reference
+@pytest.mark.parametrize(("version", "budget"), [("1.5", 64), ("1.5", 192), ("1.0", 64), ("1.0", 128), ("2.0", 128)])
+def test_keep_sets_match_naive_full_attention_reference(llava32, model_v2, version, budget):
+    model = model_v2 if version == "2.0" else llava32
+    inputs = make_inputs(question_lengths=(14,), seed=3)
+    recorded = []
+    decider = naive.sparsevlm_decider(model, inputs, version, budget, recorded)
+    ref_logits = naive.run(model, inputs, decider, "original" if version == "2.0" else "contiguous")
+    method = SparseVLM(budget=budget, version=version, heads=4 if version == "2.0" else None)
+    with sparsevlm.attach(model, method) as trace:
+        logits = _logits(model, inputs)
+    stages = trace.last.stages
+    assert [s.layer for s in stages] == [r[0] for r in recorded]
+    for stage, (_, kept, groups) in zip(stages, recorded, strict=True):
+        assert stage.kept == kept
+        assert stage.merged_groups == groups
+    assert (logits - ref_logits).abs().max() < 1e-5
+
+
+def test_fastv_matches_naive_reference(llava32):
+    inputs = make_inputs(seed=4)
+    recorded = []
+    keep = sparsevlm.schedule.single_stage_keep(64, 1, 576, 32)
+    ref_logits = naive.run(llava32, inputs, naive.fastv_decider(2, keep, recorded), "original")
+    with sparsevlm.attach(llava32, FastV(budget=64, layer=2)) as trace:
+        logits = _logits(llava32, inputs)
+    assert trace.last.stages[0].layer == 1 and trace.last.stages[0].kept == recorded[0][1]
+    assert (logits - ref_logits).abs().max() < 1e-5
+
+
+# 4. ------------------------------------------------------------------------------------ decode consistency
+@pytest.mark.parametrize(
+    ("method", "positions"),
+    [
+        (SparseVLM(budget=64), "contiguous"),
+        (SparseVLM(budget=128, version="2.0", heads=4), "original"),
+        (FastV(budget=64), "original"),
+        (SparseVLM(budget=64, positions="original"), "original"),
+    ],
+    ids=["v1.5", "v2.0", "fastv", "v1.5-original-positions"],
+)
+def test_cached_decode_equals_cache_free_recomputation(llava32, model_v2, method, positions):
+    model = model_v2 if getattr(method, "version", None) == "2.0" else llava32
+    inputs = make_inputs(seed=5)
+    with sparsevlm.attach(model, method) as trace, torch.no_grad():
+        out = model.generate(
+            **inputs,
+            max_new_tokens=4,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=0,
+        )
+    stages = trace.last.stages
+    prompt_len = inputs["input_ids"].shape[1]
+    for step, step_logits in enumerate(out.logits):
+        ids = out.sequences[:, : prompt_len + step]
+        extended = dict(inputs, input_ids=ids, attention_mask=torch.ones_like(ids))
+        recomputed = naive.run(model, extended, naive.replay_decider(stages), positions)
+        assert (step_logits - recomputed).abs().max() < 1e-4, f"step {step}"
+
+
+# 5. ----------------------------------------------------------------------------------------- batches
+@pytest.mark.parametrize(
+    "method",
+    [SparseVLM(budget=64), SparseVLM(budget=192, version="1.0"), FastV(budget=128), RandomPrune(budget=64, seed=1)],
+    ids=["v1.5", "v1.0-ragged", "fastv", "random"],
+)
+def test_left_padded_batch_equals_single_runs(llava32, method):
+    lengths = (9, 15, 4, 12)
+    batch = make_inputs(question_lengths=lengths, seed=6)
+    with sparsevlm.attach(llava32, method) as trace:
+        batched = _generate(llava32, batch)
+    assert len(trace.samples) == 4
+    width = batch["input_ids"].shape[1]
+    for row, length in enumerate(lengths):
+        start = width - (5 + 576 + length)
+        single = {k: v[row : row + 1, start:] if k != "pixel_values" else v[row : row + 1] for k, v in batch.items()}
+        with sparsevlm.attach(llava32, method) as single_trace:
+            alone = _generate(llava32, single)
+        assert [s.kept for s in trace.samples[row].stages] == [s.kept for s in single_trace.last.stages]
+        assert torch.equal(batched[row, width:], alone[0, single["input_ids"].shape[1] :])
+
+
+# 6. ------------------------------------------------------------------------------------- attention kernels
+@pytest.mark.parametrize("method", [SparseVLM(budget=64), SparseVLM(budget=128, version="1.0"), FastV(budget=64)])
+def test_sdpa_and_eager_choose_the_same_tokens(method):
+    inputs = make_inputs(seed=7)
+    traces, logits = [], []
+    for attn in ("sdpa", "eager"):
+        model = build_llava(attn=attn)
+        with sparsevlm.attach(model, method) as trace:
+            logits.append(_logits(model, inputs))
+        traces.append([(s.kept, s.merged_groups) for s in trace.last.stages])
+    assert traces[0] == traces[1]
+    assert (logits[0] - logits[1]).abs().max() < 1e-5
+
+
+# 7. ------------------------------------------------------------------------------------------ other depths
+def test_forty_layer_model_uses_the_mapped_layers_and_hits_the_budget():
+    model = build_llava(n_layers=40, hidden=32, heads=2)
+    for budget in (192, 64):
+        with sparsevlm.attach(model, SparseVLM(budget=budget)) as trace:
+            _generate(model, make_inputs(), max_new_tokens=2)
+        sample = trace.last
+        assert [s.layer for s in sample.stages] == [3, 8, 19]
+        assert abs(sample.equivalent_tokens - budget) <= 1.0
+        assert sample.visual_out[2] == 576 and sample.visual_out[3] < 576
+
+
+def test_any_budget_on_the_paper_depth(llava32):
+    for budget in (100, 160, 250):
+        with sparsevlm.attach(llava32, SparseVLM(budget=budget)) as trace:
+            _logits(llava32, make_inputs())
+        assert abs(trace.last.equivalent_tokens - budget) <= 1.0
+
+
+# 8. -------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"budget": 0}, "budget: expected a positive int"),
+        ({"budget": -64}, "budget: expected a positive int"),
+        ({"budget": "64"}, "budget: expected a positive int"),
+        ({"budget": True}, "budget: expected a positive int"),
+        ({"version": "3.0"}, "version: got '3.0', allowed: '1.0', '1.5', '2.0'"),
+        ({"positions": "shuffled"}, "positions: got 'shuffled'"),
+        ({"version": "1.0", "budget": 100}, "rank rule has calibrated scale/bias only"),
+        ({"keeps": (10, 5)}, "keeps: needs prune_layers"),
+    ],
+)
+def test_bad_method_fields_fail_fast(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SparseVLM(**kwargs)
+
+
+def test_bad_inputs_and_models_fail_with_one_line_errors(llava32):
+    with pytest.raises(ValueError, match="budget"):
+        FastV(budget=0)
+    with pytest.raises(ValueError, match="heads: top-14 head selection needs >= 14"):
+        sparsevlm.attach(llava32, SparseVLM(budget=64, version="2.0")).__enter__()
+    with pytest.raises(ValueError, match="budget=8 is unreachable"):
+        with sparsevlm.attach(llava32, SparseVLM(budget=8)):
+            _logits(llava32, make_inputs())
+    text_only = make_inputs()
+    text_only["input_ids"] = text_only["input_ids"].masked_fill(text_only["input_ids"] == 250, 7)
+    with pytest.raises(ValueError, match="has no image tokens"), sparsevlm.attach(llava32, SparseVLM(budget=64)):
+        llava32(input_ids=text_only["input_ids"][:, :20], pixel_values=None)  # no image: nothing to prune, no error
+        batch = make_inputs(question_lengths=(5, 6))
+        batch["input_ids"][1] = batch["input_ids"][1].masked_fill(batch["input_ids"][1] == 250, 7)
+        llava32(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    llm = LlamaForCausalLM(
+        LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, vocab_size=64)
+    )
+    with pytest.raises(ValueError, match="model: unsupported LlamaForCausalLM"):
+        sparsevlm.attach(llm, SparseVLM(budget=64)).__enter__()
+    with pytest.raises(TypeError, match="method: expected a sparsevlm method"):
+        sparsevlm.attach(llava32, "sparsevlm").__enter__()
+    right_padded = make_inputs(question_lengths=(5, 9))
+    right_padded["attention_mask"][0] = right_padded["attention_mask"][0].flip(0)
+    with pytest.raises(ValueError, match="pad on the left"), sparsevlm.attach(llava32, SparseVLM(budget=64)):
+        _logits(llava32, right_padded)
+
+
+def test_sparsevlm_plus_refuses_inputs_where_the_distance_prior_turns_negative():
+    model = build_llava(hidden=64, heads=4)  # head_dim 16: G(delta) <= 0 from delta = 91
+    with pytest.raises(ValueError, match="gravity: the RoPE distance prior is <= 0"):
+        with sparsevlm.attach(model, SparseVLM(budget=64, version="2.0", heads=4)):
+            _logits(model, make_inputs())
+
+
+# ---------------------------------------------------------------------------------------- generation modes
+@pytest.mark.parametrize(
+    "kwargs", [{"do_sample": True, "top_k": 5}, {"num_beams": 2}, {"num_beams": 2, "num_return_sequences": 2}]
+)
+def test_pruning_applies_in_every_generation_mode(llava32, kwargs):
+    torch.manual_seed(0)
+    with sparsevlm.attach(llava32, SparseVLM(budget=64)) as trace:
+        out = _generate(llava32, make_inputs(), max_new_tokens=4, **kwargs)
+    assert out.shape[1] == make_inputs()["input_ids"].shape[1] + 4
+    assert trace.samples and all(s.equivalent_tokens == 64.8125 for s in trace.samples)
+
+
+def test_recycling_is_deterministic_and_noise_is_seeded(llava32):
+    inputs = make_inputs(seed=8)
+    runs = {}
+    for tie_break in ("index", "noise"):
+        for _ in range(2):
+            with sparsevlm.attach(llava32, SparseVLM(budget=64, tie_break=tie_break, seed=3)) as trace:
+                logits = _logits(llava32, inputs)
+            runs.setdefault(tie_break, []).append((logits, [s.merged_groups for s in trace.last.stages]))
+    for first, second in runs.values():
+        assert torch.equal(first[0], second[0]) and first[1] == second[1]
+
+
+def test_library_imports_no_harness_modules():
+    code = (
+        "import sys, sparsevlm; print(sorted(m for m in ('hydra', 'lmms_eval', 'wandb', 'pandas') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
