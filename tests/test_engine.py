@@ -301,3 +301,53 @@ def test_library_imports_no_harness_modules():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------------- real checkpoint shapes
+@pytest.mark.parametrize(("layers", "hidden", "expected"), [(32, 4096, (2, 6, 15)), (40, 5120, (3, 8, 19))])
+def test_llava_1_5_checkpoint_shapes_attach_and_detach(layers, hidden, expected):
+    """llava-hf/llava-1.5-{7b,13b}-hf configs, built on the meta device (no weights allocated)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vision = CLIPVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+        projection_dim=768,
+        hidden_act="quick_gelu",
+    )
+    text = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=11008 if hidden == 4096 else 13824,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 128,
+        vocab_size=32064,
+        rms_norm_eps=1e-5,
+    )
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=32000, image_seq_length=576)
+    config.text_config._attn_implementation = "sdpa"
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(config)
+    method = SparseVLM(budget=64)
+    with sparsevlm.attach(model, method):
+        assert sum(len(layer._forward_pre_hooks) for layer in model.model.language_model.layers) == layers
+    assert method.pruning_layers(layers) == expected
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == 0
+    assert SparseVLM(budget=64, version="2.0").plan(layers, 576).prune_layers == expected  # 32 heads >= 14
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_flash_attention_2_chooses_the_same_tokens_as_sdpa():
+    pytest.importorskip("flash_attn", reason="flash-attn is not installed")
+    inputs = {k: v.cuda() for k, v in make_inputs(seed=9).items()}
+    kept = []
+    for attn in ("sdpa", "flash_attention_2"):
+        model = build_llava(attn=attn).to("cuda", torch.float16)
+        with sparsevlm.attach(model, SparseVLM(budget=64)) as trace:
+            _generate(model, {k: v.half() if k == "pixel_values" else v for k, v in inputs.items()}, max_new_tokens=2)
+        kept.append([s.kept for s in trace.last.stages])
+    assert kept[0] == kept[1]

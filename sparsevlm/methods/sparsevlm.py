@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -104,10 +104,6 @@ class SparseVLM(PruningMethod):
             object.__setattr__(self, "prune_layers", tuple(self.prune_layers))
             if list(self.prune_layers) != sorted(set(self.prune_layers)):
                 raise ValueError(f"prune_layers: expected strictly increasing layers, got {self.prune_layers}")
-
-    def describe(self) -> dict:
-        """All resolved fields, for run records."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def check_model(self, n_layers: int, n_heads: int) -> None:
         if self.heads is not None and self.heads > n_heads:
