@@ -13,10 +13,11 @@ help:  ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,harness]"
+	$(BIN)/pip install --quiet --no-deps lmms-eval==0.7.3
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install the project (editable) with dev tools
+install: $(STAMP)  ## create .venv: the project (editable), the harness stack (Hydra, lmms-eval, W&B) and dev tools
 
 test: $(STAMP)  ## run the CPU test suite (installs first if needed)
 	$(BIN)/python -m pytest

@@ -1,0 +1,97 @@
+"""Every config in conf/ composes, every experiment's grid validates, bad configs fail with one line."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from eval.config import ConfigError, spec_from_config
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _compose(*overrides: str, hydra_config: bool = False):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra_config)
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", ["model", "method", "task", "launcher", "logger", "experiment"])
+def test_every_option_of_every_group_composes_and_validates(group):
+    assert _options(group), f"conf/{group}/ is empty"
+    for option in _options(group):
+        overrides = [f"{group}={option}"]
+        if group == "model" and option == "local":
+            overrides.append("model.pretrained=/some/checkpoint")
+        cfg = _compose(*overrides)
+        if group == "method" and option == "dense":
+            cfg = _compose(*overrides, "budget=null")
+        spec = spec_from_config(cfg)
+        assert spec.run_id.startswith(spec.model.name)
+
+
+def _sweep_cells(experiment: str) -> list[list[str]]:
+    cfg = _compose(f"experiment={experiment}", hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+    keys = sorted(params)
+    values = [str(params[k]).split(",") for k in keys]
+    return [[f"{k}={v}" for k, v in zip(keys, combo, strict=True)] for combo in itertools.product(*values)]
+
+
+@pytest.mark.parametrize("experiment", _options("experiment"))
+def test_every_cell_of_every_experiment_validates(experiment):
+    cells = _sweep_cells(experiment)
+    assert cells
+    ids = set()
+    for overrides in cells:
+        spec = spec_from_config(_compose(f"experiment={experiment}", *overrides))
+        ids.add(spec.run_id)
+    assert len(ids) == len(cells), "run ids must be unique within an experiment"
+
+
+def test_table1_covers_the_paper_grid():
+    pruned = _sweep_cells("table1")
+    dense = _sweep_cells("table1_dense")
+    assert len(pruned) == 3 * 3 * 7 and len(dense) == 7
+    specs = [spec_from_config(_compose("experiment=table1", *c)) for c in pruned[:3]]
+    assert {s.model.pretrained for s in specs} == {"llava-hf/llava-1.5-7b-hf"}
+    assert {s.experiment for s in specs} == {"table1"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["method=dense"], "budget: dense keeps every visual token, so budget must be null"),
+        (["budget=0"], "budget: expected a positive int"),
+        (["budget=abc"], "budget: expected a positive int"),
+        (["method=sparsevlm", "budget=null"], "budget: method 'sparsevlm' needs a token budget"),
+        (["model=local"], "model.pretrained: missing"),
+        (["model.dtype=float8"], "model.dtype: got 'float8', allowed: float32, float16, bfloat16"),
+        (["model.device=tpu"], "model.device: got 'tpu'"),
+        (["limit=0"], "limit: expected a positive int or null"),
+        (["batch_size=-2"], "batch_size: expected a positive int"),
+        (["method.options.version=3"], "version: got 3, allowed"),
+        (["+method.options.colour=red"], "method.colour: not an option of 'sparsevlm'"),
+        (["method=sparsevlm_v1", "budget=100"], "rank rule has calibrated scale/bias only"),
+        (["task.combine=max"], "task.combine: got 'max', allowed: mean, sum"),
+        (["logger=wandb", "logger.mode=cloud"], "logger.mode: got 'cloud'"),
+    ],
+)
+def test_bad_configs_fail_before_loading_anything(overrides, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        spec_from_config(_compose(*overrides))
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_group_option_is_rejected_by_hydra():
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="method"):
+        _compose("method=pdrop")
