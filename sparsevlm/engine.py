@@ -37,6 +37,8 @@ class _Segment:
     key_valid: torch.Tensor  # [B, T] bool
     shift: torch.Tensor  # [B] long: original position minus this layer's contiguous position
     pruned: bool
+    shifted: bool = False  # any nonzero shift (contiguous positions after pruning)
+    all_valid: bool = True  # no padding among the cached keys
 
 
 @dataclass
@@ -70,6 +72,8 @@ class _Decode:
     prefill_len: int
     segments: list[_Segment]
     tail_valid: torch.Tensor | None = None  # [B, t] validity of the tokens appended since the prefill
+    tail_all_valid: bool = True
+    per_segment: dict[int, tuple] = field(default_factory=dict)  # this step's (positions, rotary, mask) per segment
 
 
 def attention_mask(key_valid: torch.Tensor, q_len: int, implementation: str, dtype: torch.dtype) -> torch.Tensor | None:
@@ -155,7 +159,7 @@ class _Engine:
                 if mask2d is not None and mask2d.dim() == 2
                 else torch.ones(batch, n_new, dtype=torch.bool, device=embeds.device)
             )
-            self._state = _Decode(decode.prefill_len, decode.segments, tail)
+            self._state = _Decode(decode.prefill_len, decode.segments, tail, bool(tail.all()))
         return args, kwargs
 
     def _start_prefill(
@@ -230,10 +234,8 @@ class _Engine:
     # -------------------------------------------------------------------------------------------------- per layer
     def _before_layer(self, index: int, module: nn.Module, args: tuple, kwargs: dict):
         state = self._state
-        if isinstance(state, _Prefill):
-            counts = state.valid.sum(dim=1).tolist()
+        if isinstance(state, _Prefill):  # no host sync here: counts are read once, at the end of the prefill
             for row, sample in enumerate(state.samples):
-                sample.tokens_in.append(int(counts[row]))
                 sample.visual_in.append(state.vis_len[row])
             state.segments.append(state.segment)
             if state.changed:
@@ -247,14 +249,26 @@ class _Engine:
             segment = state.segments[index]
             if not segment.pruned:
                 return None
-            hidden = args[0] if args else kwargs["hidden_states"]
-            positions = kwargs["position_ids"] - segment.shift[:, None]
-            kwargs["position_ids"] = positions
-            kwargs["position_embeddings"] = self.arch.rotary(hidden, positions)
-            key_valid = torch.cat([segment.key_valid, state.tail_valid], dim=1)
-            kwargs["attention_mask"] = attention_mask(
-                key_valid, hidden.shape[1], self.arch.attn_implementation, hidden.dtype
-            )
+            cached = state.per_segment.get(id(segment))
+            if cached is None:  # once per segment and step: layers sharing a cache geometry share these
+                hidden = args[0] if args else kwargs["hidden_states"]
+                positions, rotary = kwargs["position_ids"], kwargs["position_embeddings"]
+                if segment.shifted:
+                    positions = positions - segment.shift[:, None]
+                    rotary = self.arch.rotary(hidden, positions)
+                single_query = hidden.shape[1] == 1
+                if (
+                    segment.all_valid
+                    and state.tail_all_valid
+                    and single_query
+                    and self.arch.attn_implementation != "eager"
+                ):
+                    mask = None  # one query, no padding: SDPA/FA2 need no mask, as in the unpatched model
+                else:
+                    key_valid = torch.cat([segment.key_valid, state.tail_valid], dim=1)
+                    mask = attention_mask(key_valid, hidden.shape[1], self.arch.attn_implementation, hidden.dtype)
+                cached = state.per_segment[id(segment)] = (positions, rotary, mask)
+            kwargs["position_ids"], kwargs["position_embeddings"], kwargs["attention_mask"] = cached
             return args, kwargs
         return None
 
@@ -412,7 +426,14 @@ class _Engine:
         state, self._state = self._state, None
         if not isinstance(state, _Prefill):
             return
+        counts: dict[int, list[int]] = {}
+        for segment in state.segments:
+            if id(segment) not in counts:
+                counts[id(segment)] = segment.key_valid.sum(dim=1).tolist()
+                segment.shifted = bool((segment.shift != 0).any())
+                segment.all_valid = bool(segment.key_valid.all())
         for row, sample in enumerate(state.samples):
+            sample.tokens_in = [int(counts[id(segment)][row]) for segment in state.segments]
             sample.visual_out = sample.visual_in[1:] + [state.vis_len[row]]
             self.trace.samples.append(sample)
         cache = getattr(output, "past_key_values", None)

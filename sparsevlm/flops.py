@@ -11,6 +11,7 @@ Conventions (docs/efficiency.md):
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from sparsevlm.methods.base import PruningMethod
 from sparsevlm.trace import SampleTrace
 
 
@@ -178,6 +180,14 @@ def full_flops(config: Any, sample: SampleTrace, score_rows: int, n_text: int | 
         if stage.rank is not None:
             recycling += score_rows * stage.visual_in * min(score_rows, stage.visual_in)
     return FlopsBreakdown(decoder, vision, projector, d * shape.vocab, raters, scoring, recycling)
+
+
+def score_rows(method: PruningMethod, sample: SampleTrace) -> int:
+    """Attention rows the method scores at each pruning layer: its raters, the last token (FastV), or none."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a budget >= n_visual warns; the plan is still what ran
+        rows = method.plan(sample.n_layers, sample.n_visual).score_rows
+    return {"raters": len(sample.raters), "last": 1, None: 0}[rows]
 
 
 # ----------------------------------------------------------------------------------------- FlopCounterMode helpers
