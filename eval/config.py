@@ -152,7 +152,7 @@ def spec_from_config(cfg: DictConfig) -> RunSpec:
     if logger["name"] == "wandb":
         _choice("logger.mode", logger.get("mode"), WANDB_MODES)
     return RunSpec(
-        experiment=str(cfg.experiment),
+        experiment=str(cfg.experiment_name),
         model=model,
         method=method,
         budget=budget,

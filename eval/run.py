@@ -15,6 +15,8 @@ import traceback
 from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from eval.config import ConfigError, RunSpec, spec_from_config
@@ -96,9 +98,35 @@ def evaluate(spec: RunSpec, device: str) -> tuple[dict[str, Any], dict[str, list
     return output["results"], output.get("samples") or {}, lm.efficiency_records
 
 
+def preflight(spec: RunSpec) -> None:
+    """Check the method against the checkpoint's config (depth, heads, visual tokens) before loading weights."""
+    import warnings
+
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(spec.model.pretrained, revision=spec.model.revision)
+    except (OSError, ValueError):
+        return  # no config reachable yet (e.g. hub offline): the model load reports it
+    text = getattr(config, "text_config", None)
+    n_visual = getattr(config, "image_seq_length", None)
+    if text is None or n_visual is None:
+        return
+    try:
+        spec.method.check_model(text.num_hidden_layers, text.num_attention_heads)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            spec.method.plan(text.num_hidden_layers, n_visual)
+    except ValueError as err:
+        raise ConfigError(
+            f"{err} ({spec.model.pretrained}: {text.num_hidden_layers} layers, {n_visual} visual tokens)"
+        ) from None
+
+
 def run_cell(cfg: DictConfig) -> RunRecord:
     """Run (or skip) one cell and write its record; a failure is recorded and, unless fail_fast, not raised."""
     spec = spec_from_config(cfg)
+    preflight(spec)
     record_path = spec.run_dir / "record.json"
     if not spec.force and is_complete(record_path):
         log.info("skip %s: complete record at %s (force=true reruns)", spec.run_id, record_path)
@@ -170,6 +198,9 @@ def main(cfg: DictConfig) -> float | None:
     try:
         record = run_cell(cfg)
     except ConfigError as err:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # one bad combination must not stop the other cells
+            log.error("config error, cell skipped: %s", err)
+            return None
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
     return record.primary.get("value")

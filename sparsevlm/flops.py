@@ -182,7 +182,7 @@ def full_flops(config: Any, sample: SampleTrace, score_rows: int, n_text: int | 
     return FlopsBreakdown(decoder, vision, projector, d * shape.vocab, raters, scoring, recycling)
 
 
-def score_rows(method: PruningMethod, sample: SampleTrace) -> int:
+def scored_rows(method: PruningMethod, sample: SampleTrace) -> int:
     """Attention rows the method scores at each pruning layer: its raters, the last token (FastV), or none."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a budget >= n_visual warns; the plan is still what ran

@@ -1,0 +1,425 @@
+"""lmms-eval model plugin: a Hugging Face LLaVA with a sparsevlm pruning method attached to every forward pass.
+
+CLI (after `pip install -e .`, which registers the `lmms_eval.models` entry point):
+    python -m lmms_eval --model sparsevlm --model_args pretrained=llava-hf/llava-1.5-7b-hf,method=sparsevlm,budget=64 \
+        --tasks pope --batch_size 1 --output_path out/
+Python:
+    lm = SparseVLMModel(pretrained="llava-hf/llava-1.5-7b-hf", method="sparsevlm", budget=64)
+    simple_evaluate(model=lm, tasks=["pope"]); lm.efficiency_records  # one plain dict per evaluated request
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from lmms_eval.api.instance import GenerationResult, TokenCounts
+from lmms_eval.api.model import lmms
+from lmms_eval.models.model_utils.gen_metrics import log_metrics
+
+import sparsevlm
+from eval.registry import METHODS, make_method
+from sparsevlm import PruningMethod, SampleTrace
+from sparsevlm.flops import full_flops, paper_flops, scored_rows
+from sparsevlm.timing import GenerateTiming, timed_generate
+
+DTYPES = ("float32", "float16", "bfloat16")
+ATTENTION = ("sdpa", "eager", "flash_attention_2")
+VICUNA_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions. "
+)
+# "auto": the processor's chat template when it has one, else "llava". "vicuna_v1": LLaVA's own eval pipeline
+# (`--conv-mode vicuna_v1`, what the SparseVLM authors ran), i.e. the system text before "USER:".
+PROMPTS = {
+    "llava": "USER: {images}{context} ASSISTANT:",
+    "vicuna_v1": VICUNA_SYSTEM + "USER: {images}{context} ASSISTANT:",
+}
+PROMPT_STYLES = ("auto", *PROMPTS)
+
+
+def manifests() -> list:
+    """Entry point for the `lmms_eval.models` group: `--model sparsevlm` resolves to SparseVLMModel."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return [ModelManifest(model_id="sparsevlm", simple_class_path="eval.lmms_model.SparseVLMModel")]
+
+
+def _none(value: Any) -> Any:
+    """CLI strings 'none'/'null'/'' mean None."""
+    return None if isinstance(value, str) and value.strip().lower() in ("none", "null", "") else value
+
+
+def _option(value: Any) -> Any:
+    """A method option from a `--model_args` string: '[2,6,15]' or '2;6;15' -> tuple, 'none' -> None, 'true' -> True."""
+    value = _none(value)
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if isinstance(value, str) and value[:1] in "[(":
+        return tuple(ast.literal_eval(value))
+    if isinstance(value, str) and ";" in value:
+        return tuple(ast.literal_eval(part) for part in value.split(";") if part)
+    return value
+
+
+def _positive_int(name: str, value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if isinstance(value, bool) or number < 1 or str(number) != str(value).strip():
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return number
+
+
+def _choice(name: str, value: Any, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name}: got {value!r}, allowed: {', '.join(allowed)}")
+    return value
+
+
+def build_method(method: str | PruningMethod, budget: Any = None, version: Any = None, **options: Any) -> PruningMethod:
+    """A pruning method from `--model_args` values (CLI strings or numbers); one-line ValueError on bad values."""
+    if isinstance(method, PruningMethod):
+        if budget is not None or version is not None or options:
+            raise ValueError("method: pass budget/version/options inside the method object, not next to it")
+        return method
+    _choice("method", method, tuple(sorted(METHODS)))
+    budget = _none(budget)
+    if budget is not None:
+        budget = _positive_int("budget", budget)
+    version = _none(version)
+    if version is not None:
+        if method != "sparsevlm":
+            raise ValueError(f"version: only method=sparsevlm has versions (got method={method!r})")
+        options["version"] = f"{float(version):.1f}" if isinstance(version, int | float) else str(version)
+    try:
+        return make_method(method, budget, **{key: _option(value) for key, value in options.items()})
+    except TypeError as err:
+        raise ValueError(f"method: {err}") from None
+
+
+def _times(timing: GenerateTiming) -> dict[str, float | None]:
+    """Milliseconds and MiB of one timed generate() (sparsevlm.timing: boundaries in docs/efficiency.md)."""
+    per_token = timing.decode_per_token_s
+    return {
+        "prefill_ms": timing.prefill_s * 1000.0,
+        "ttft_ms": timing.ttft_s * 1000.0,
+        "e2e_ms": timing.e2e_s * 1000.0,
+        "decode_ms_per_token": None if per_token is None else per_token * 1000.0,
+        "kv_cache_mb": timing.kv_cache_bytes / 2**20,
+        "peak_memory_mb": timing.peak_memory_bytes / 2**20,
+    }
+
+
+class SparseVLMModel(lmms):
+    """LLaVA (transformers `LlavaForConditionalGeneration`) evaluated with a visual-token pruning method attached."""
+
+    is_simple = True
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        method: str | PruningMethod = "dense",
+        budget: int | str | None = None,
+        version: str | float | None = None,
+        attn_implementation: str = "sdpa",
+        dtype: str | None = None,
+        device: str | None = None,
+        batch_size: int | str = 1,
+        max_new_tokens: int | str = 128,
+        prompt: str = "auto",
+        revision: str | None = None,
+        max_batch_size: int | None = None,  # passed by the lmms-eval CLI; unused (no automatic batch sizing)
+        model: torch.nn.Module | None = None,
+        processor: Any = None,
+        **method_options: Any,
+    ) -> None:
+        super().__init__()
+        self.method = build_method(method, budget, version, **method_options)
+        self.batch_size_per_gpu = _positive_int("batch_size", batch_size)
+        self.max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
+        self.prompt = _choice("prompt", prompt, PROMPT_STYLES)
+        self.efficiency_records: list[dict[str, Any]] = []
+        if model is not None:
+            if processor is None:
+                raise ValueError("processor: required when a built model is passed")
+            self.model, self.processor = model, processor
+            self.pretrained = pretrained or getattr(model.config, "_name_or_path", None)
+        else:
+            _choice("attn_implementation", attn_implementation, ATTENTION)
+            if _none(device) in (None, "auto"):
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            if not (device in ("cpu", "cuda", "mps") or str(device).startswith("cuda:")):
+                raise ValueError(f"device: got {device!r}, allowed: auto, cpu, cuda, cuda:N, mps")
+            dtype = _none(dtype) or ("float32" if device == "cpu" else "float16")
+            _choice("dtype", dtype, DTYPES)
+            if not _none(pretrained):
+                raise ValueError("pretrained: missing; give a Hugging Face hub id or a local checkpoint directory")
+            self.model, self.processor = self._load(str(pretrained), revision, dtype, attn_implementation, device)
+            self.pretrained = str(pretrained)
+        self.model.eval()
+        self.tokenizer.padding_side = "left"  # the engine expects left-padded batches
+
+    @classmethod
+    def from_spec(cls, spec: Any, device: str) -> SparseVLMModel:
+        """Build from the Hydra runner's validated RunSpec (eval.config.RunSpec) on a resolved device."""
+        m = spec.model
+        return cls(
+            pretrained=m.pretrained,
+            method=spec.method,
+            attn_implementation=m.attn_implementation,
+            dtype=m.dtype,
+            device=device,
+            batch_size=spec.batch_size,
+            revision=m.revision,
+        )
+
+    @staticmethod
+    def _load(pretrained: str, revision: str | None, dtype: str, attn: str, device: str) -> tuple[Any, Any]:
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        model = LlavaForConditionalGeneration.from_pretrained(
+            pretrained, revision=revision, dtype=getattr(torch, dtype), attn_implementation=attn, device_map=device
+        )
+        return model, AutoProcessor.from_pretrained(pretrained, revision=revision)
+
+    # ------------------------------------------------------------------------------------------------ properties
+    @property
+    def tokenizer(self) -> Any:
+        """The processor's tokenizer."""
+        return self.processor.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's inputs go."""
+        return self.model.device
+
+    @property
+    def batch_size(self) -> int:
+        """Requests per generate call."""
+        return self.batch_size_per_gpu
+
+    def clean(self) -> None:
+        """Free cached accelerator memory but keep the model (lmms-eval's default deletes it after every run)."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------------------------------------ prompts
+    def build_prompt(self, context: str, n_images: int) -> str:
+        """The prompt for one request: the chat template (style "auto") or a fixed LLaVA-1.5 layout (PROMPTS)."""
+        if self.prompt == "auto" and getattr(self.processor, "chat_template", None):
+            content = [{"type": "image"}] * n_images + [{"type": "text", "text": context}]
+            return self.processor.apply_chat_template(
+                [{"role": "user", "content": content}], add_generation_prompt=True
+            )
+        template = PROMPTS["llava" if self.prompt == "auto" else self.prompt]
+        return template.format(images="<image>" * n_images + ("\n" if n_images else ""), context=context)
+
+    def _visuals(self, doc_to_visual: Callable | None, task: str, split: str, doc_id: int) -> list:
+        """The request's images; one-line errors for what the engine cannot prune (videos, several images)."""
+        if doc_to_visual is None:
+            return []
+        visuals = [v for v in (doc_to_visual(self.task_dict[task][split][doc_id]) or []) if v is not None]
+        if any(isinstance(v, str) for v in visuals):
+            raise ValueError(f"{task}: video/audio inputs are not supported by the sparsevlm model (image LLaVA)")
+        if len(visuals) > 1:
+            raise ValueError(f"{task}: {len(visuals)} images in one prompt; the engine prunes one image per prompt")
+        return [v.convert("RGB") for v in visuals]
+
+    def _inputs(self, prompts: list[str], images: list) -> dict[str, torch.Tensor]:
+        inputs = self.processor(images=images or None, text=prompts, return_tensors="pt", padding=True)
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        return inputs
+
+    # ------------------------------------------------------------------------------------------------ efficiency
+    def _record(
+        self,
+        task: str,
+        doc_id: int,
+        sample: SampleTrace | None,
+        prompt_tokens: int,
+        output_tokens: int,
+        times: dict[str, float | None],
+        batch: int,
+    ) -> dict[str, Any]:
+        """One per-request efficiency row, appended to self.efficiency_records.
+
+        Times and memory belong to the whole batch the request ran in (exact per sample at batch_size=1); FLOPs are
+        per sample, from its own trace (sparsevlm.flops: paper formula, and the full count with overheads).
+        """
+        row = {
+            "task": task,
+            "doc_id": doc_id,
+            "method": self.method.name,
+            "budget": getattr(self.method, "budget", None),
+            "n_visual": sample.n_visual if sample else 0,
+            "equivalent_tokens": sample.equivalent_tokens if sample else None,
+            "equivalent_tokens_input": sample.equivalent_tokens_input if sample else None,
+            "prompt_tokens": sample.prompt_tokens if sample else prompt_tokens,
+            "tokens_in": list(sample.tokens_in) if sample else None,
+            "visual_out": list(sample.visual_out) if sample else None,
+            "output_tokens": output_tokens,
+            "tflops_paper": paper_flops(self.model.config, sample) / 1e12 if sample else None,
+            "tflops_full": (
+                full_flops(self.model.config, sample, scored_rows(self.method, sample)).total / 1e12 if sample else None
+            ),
+            **times,
+            "batch_size": batch,
+        }
+        self.efficiency_records.append(row)
+        return row
+
+    @staticmethod
+    def _input_tokens(row: dict[str, Any]) -> int:
+        """Text tokens plus the equivalent visual tokens (what the pruned model effectively reads)."""
+        if row["equivalent_tokens"] is None:
+            return row["prompt_tokens"]
+        return row["prompt_tokens"] - row["n_visual"] + round(row["equivalent_tokens"])
+
+    @staticmethod
+    def _log(rows: list[dict[str, Any]], elapsed_s: float) -> None:
+        """One lmms-eval log_metrics call per batch: shows up in results['throughput'] as avg_<key>."""
+        generated = sum(r["output_tokens"] for r in rows)
+        extra: dict[str, Any] = {"total_requests": len(rows), "batch_size": len(rows)}
+        for key in ("equivalent_tokens", "equivalent_tokens_input", "prompt_tokens"):
+            values = [r[key] for r in rows if r[key] is not None]
+            if values:
+                extra[key] = sum(values) / len(values)
+        log_metrics(elapsed_s, generated, generated / elapsed_s if elapsed_s > 0 else 0.0, additional_metrics=extra)
+
+    @staticmethod
+    def _samples(trace: sparsevlm.PruneTrace, rows: int) -> list[SampleTrace | None]:
+        """The trace entry of each batch row (beam search expands rows: take each request's first copy)."""
+        per = len(trace.samples) // rows
+        return [trace.samples[i * per] if per else None for i in range(rows)]
+
+    # ------------------------------------------------------------------------------------------------ requests
+    def generate_until(self, requests: list) -> list[GenerationResult]:
+        """Batched generation, grouped by identical gen kwargs and image count; answers in request order."""
+        return self._generate([r.args for r in requests])
+
+    def _generate(self, args: list[tuple]) -> list[GenerationResult]:
+        groups: dict[str, list[int]] = {}
+        for i, (_, gen_kwargs, *_) in enumerate(args):
+            groups.setdefault(json.dumps(gen_kwargs or {}, sort_keys=True, default=str), []).append(i)
+        out: list[GenerationResult | None] = [None] * len(args)
+        for indices in groups.values():
+            indices.sort(key=lambda i: -len(args[i][0]))  # similar lengths together: less padding
+            for start in range(0, len(indices), self.batch_size):
+                prepared: dict[int, list[tuple]] = {}  # images are loaded per batch, grouped by count
+                for i in indices[start : start + self.batch_size]:
+                    context, gen_kwargs, doc_to_visual, doc_id, task, split = args[i]
+                    images = self._visuals(doc_to_visual, task, split, doc_id)
+                    item = (i, self.build_prompt(context, len(images)), dict(gen_kwargs or {}), images, doc_id, task)
+                    prepared.setdefault(len(images), []).append(item)
+                for batch in prepared.values():
+                    for item, result in zip(batch, self._generate_batch([b[1:] for b in batch]), strict=True):
+                        out[item[0]] = result
+        return out
+
+    def _gen_config(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """HF generate() arguments and stop strings from one task's gen kwargs."""
+        until = kwargs.get("until") or []
+        until = [until] if isinstance(until, str) else [s for s in until if s]
+        temperature = float(kwargs.get("temperature") or 0.0)
+        do_sample = bool(kwargs.get("do_sample", False)) or temperature > 0
+        config: dict[str, Any] = {
+            "max_new_tokens": int(kwargs.get("max_new_tokens") or self.max_new_tokens),
+            "do_sample": do_sample,
+            "num_beams": int(kwargs.get("num_beams") or 1),
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self.tokenizer.eos_token_id,
+            # a generated <image> token would be read as a new image after a filled cache, which the engine refuses
+            "suppress_tokens": [self.model.config.image_token_id],
+        }
+        if do_sample:
+            config["temperature"] = temperature or 1.0
+            if kwargs.get("top_p") not in (None, 0):
+                config["top_p"] = float(kwargs["top_p"])
+        else:
+            config.update(temperature=None, top_p=None, top_k=None)
+        if until:
+            config.update(stop_strings=until, tokenizer=self.tokenizer)
+        return config, until
+
+    def _generate_batch(self, batch: list[tuple]) -> list[GenerationResult]:
+        prompts = [p for p, _, _, _, _ in batch]
+        images = [img for _, _, imgs, _, _ in batch for img in imgs]
+        config, until = self._gen_config(batch[0][1])
+        inputs = self._inputs(prompts, images)
+        width = inputs["input_ids"].shape[1]
+        timing, trace, generated = timed_generate(self.model, inputs, self.method, **config)
+        elapsed = timing.e2e_s
+        times = _times(timing)
+        samples = self._samples(trace, len(batch))
+        results, rows = [], []
+        for row, (_, _, _, doc_id, task) in enumerate(batch):
+            tokens = generated[row, width:].tolist()
+            if self.tokenizer.eos_token_id in tokens:
+                tokens = tokens[: tokens.index(self.tokenizer.eos_token_id) + 1]
+            tokens = [t for t in tokens if t != self.tokenizer.pad_token_id]
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            for stop in until:
+                text = text.split(stop)[0]
+            text = text.strip()
+            record = self._record(
+                task, doc_id, samples[row], int(inputs["attention_mask"][row].sum()), len(tokens), times, len(batch)
+            )
+            rows.append(record)
+            counts = TokenCounts(input_tokens=self._input_tokens(record), output_tokens=len(tokens))
+            results.append(GenerationResult(text=text, token_counts=counts))
+            self.cache_hook.add_partial("generate_until", (prompts[row], batch[row][1]), text)
+        self._log(rows, elapsed)
+        return results
+
+    def loglikelihood(self, requests: list) -> list[tuple[float, bool]]:
+        """Sum of the continuation's log-probs after a pruned prefill, and whether greedy decoding would produce it."""
+        out = []
+        for context, doc_to_target, doc_to_visual, doc_id, task, split in [r.args for r in requests]:
+            doc = self.task_dict[task][split][doc_id]
+            continuation = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(doc)
+            if isinstance(continuation, list):
+                continuation = continuation[0]
+            images = self._visuals(doc_to_visual, task, split, doc_id)
+            prompt = self.build_prompt(context, len(images))
+            full = prompt + (continuation if continuation[:1].isspace() else " " + continuation)
+            n_prompt = self._inputs([prompt], images)["input_ids"].shape[1]
+            inputs = self._inputs([full], images)
+            n_cont = inputs["input_ids"].shape[1] - n_prompt
+            if n_cont < 1:
+                raise ValueError(f"{task}: doc {doc_id} has an empty continuation {continuation!r}")
+            with sparsevlm.attach(self.model, self.method) as trace, torch.inference_mode():
+                started = time.perf_counter()
+                logits = self.model(**inputs).logits[0]  # pruning shortens the sequence; the text tail stays aligned
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                elapsed = time.perf_counter() - started
+            logprobs = torch.log_softmax(logits[-n_cont - 1 : -1].float(), dim=-1)
+            target = inputs["input_ids"][0, -n_cont:]
+            total = float(logprobs.gather(1, target[:, None]).sum())
+            greedy = bool((logprobs.argmax(dim=-1) == target).all())
+            times = {"e2e_ms": elapsed * 1000.0}  # a single forward: no prefill/decode split
+            row = self._record(task, doc_id, self._samples(trace, 1)[0], inputs["input_ids"].shape[1], 0, times, 1)
+            self._log([row], elapsed)
+            out.append((total, greedy))
+            self.cache_hook.add_partial("loglikelihood", (context, continuation), (total, greedy))
+        return out
+
+    def generate_until_multi_round(self, requests: list) -> list[GenerationResult]:
+        """First round only: generate_until on (context, gen_kwargs, doc_to_visual, doc_id, task, split).
+
+        Later rounds would put text after a non-empty KV cache, which the engine does not prune; no task of
+        this project is multi-round.
+        """
+        args = []
+        for request in requests:
+            context, gen_kwargs, doc_to_visual, _doc_to_text_partial, doc_id, task, split = request.args
+            args.append((context, gen_kwargs, doc_to_visual, doc_id, task, split))
+        return self._generate(args)

@@ -1,0 +1,183 @@
+"""Offline test fixtures: a tiny random-init LLaVA checkpoint on disk, and a tiny POPE-shaped local dataset."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+)
+
+IMAGE_SIZE = 64
+PATCH = 4  # (64 / 4)^2 = 256 visual tokens
+SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+# The llava-1.5-hf template without the {% generation %} tags: "USER: <image>\n{text} ASSISTANT:".
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' ' }}"
+    "{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+OBJECTS = ["person", "dog", "cat", "car", "chair", "bottle", "cup", "bird", "tree", "bus"]
+CORPUS = [
+    f"USER: Is there a {o} in the image? Answer the question using a single word or phrase. ASSISTANT: {a}"
+    for o in OBJECTS
+    for a in ("Yes", "No", "yes", "no")
+]
+
+
+def build_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on a few POPE-like sentences; `<image>` and `<pad>` are special tokens."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(CORPUS, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+        padding_side="left",
+    )
+
+
+def build_processor() -> LlavaProcessor:
+    """LlavaProcessor for 64x64 images, patch 4 (256 `<image>` tokens per image), with the LLaVA-1.5 chat template."""
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE},
+        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=build_tokenizer(),
+        patch_size=PATCH,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_model(
+    tokenizer: PreTrainedTokenizerFast, n_layers: int = 8, seed: int = 0, std: float = 0.5
+) -> LlavaForConditionalGeneration:
+    """Random LLaVA: 2-layer CLIP tower (64x64, patch 4), `n_layers`-layer LLaMA (hidden 64), matrices ~ N(0, std).
+
+    The large std makes greedy answers depend on the image and question (the default init answers the same everywhere).
+    """
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH,
+    )
+    text = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        max_position_embeddings=1024,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=(IMAGE_SIZE // PATCH) ** 2,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
+    torch.manual_seed(seed)  # biases and norms come from the default init
+    model = LlavaForConditionalGeneration(config).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+    return model
+
+
+def save_tiny_checkpoint(path: str | Path, n_layers: int = 8, seed: int = 0) -> Path:
+    """Write a loadable tiny LLaVA checkpoint (model, tokenizer, processor, chat template) to `path`."""
+    path = Path(path)
+    processor = build_processor()
+    model = build_model(processor.tokenizer, n_layers=n_layers, seed=seed)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def write_pope_fixture(directory: str | Path, n: int = 8, seed: int = 0) -> Path:
+    """Write `n` POPE-shaped rows (official columns, random images, balanced answers) to directory/test.parquet."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    rng = random.Random(seed)
+    pixels = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        image = Image.fromarray(pixels.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8))
+        rows.append(
+            {
+                "id": str(i),
+                "question_id": str(i),
+                "question": f"Is there a {rng.choice(OBJECTS)} in the image?",
+                "answer": "yes" if i % 2 == 0 else "no",
+                "image_source": f"synthetic_{i // 2:04d}",
+                "image": image,
+                "category": ("adversarial", "popular", "random")[i % 3],
+            }
+        )
+    features = datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "question_id": datasets.Value("string"),
+            "question": datasets.Value("string"),
+            "answer": datasets.Value("string"),
+            "image_source": datasets.Value("string"),
+            "image": datasets.Image(),
+            "category": datasets.Value("string"),
+        }
+    )
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    out = directory / "test.parquet"
+    datasets.Dataset.from_list(rows, features=features).to_parquet(str(out))
+    return out
+
+
+def write_task(
+    directory: str | Path, data_file: str | Path, task: str = "pope_local", base: str = "pope_local"
+) -> Path:
+    """Write directory/<task>.yaml: the project's eval/tasks/<base>.yaml with its data swapped for `data_file`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    included = Path(__file__).resolve().parents[1] / "eval" / "tasks" / f"{base}.yaml"
+    out = directory / f"{task}.yaml"
+    out.write_text(
+        f"task: {task}\ninclude: {included}\ndataset_path: parquet\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {Path(data_file).resolve()}\ntest_split: test\n"
+    )
+    return out
