@@ -5,7 +5,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint format clean
+.PHONY: help install test test-fast lint format clean demo reproduce-table1 report bench
+
+LIMIT ?=
+LAUNCHER ?= local
+VERSION ?= 1.5
+EXPERIMENT ?= demo
+RESULTS ?= results/runs
+DEMO_OUT ?= results/demo
+limit_arg = $(if $(LIMIT),limit=$(LIMIT),)
+sparsevlm_config = $(if $(filter 1.0,$(VERSION)),sparsevlm_v1,$(if $(filter 2.0,$(VERSION)),sparsevlm_v2,sparsevlm))
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -32,6 +41,23 @@ lint: $(STAMP)  ## ruff check + format check
 format: $(STAMP)  ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+demo: $(STAMP)  ## Table 1 on the embedded tiny model + bundled data, CPU (LIMIT=n for a quicker pass)
+	@start=$$(date +%s); \
+	$(BIN)/python -m eval.run experiment=demo_dense results_dir=$(RESULTS) $(limit_arg) && \
+	$(BIN)/python -m eval.run experiment=demo results_dir=$(RESULTS) $(limit_arg) && \
+	$(BIN)/python -m eval.report --experiment demo --results-dir $(RESULTS) --out $(DEMO_OUT) && \
+	echo "make demo: done in $$(( $$(date +%s) - start )) s"
+
+reproduce-table1: $(STAMP)  ## the paper's Table 1 on LLaVA-1.5-7B (GPU + HF hub; LAUNCHER=slurm, VERSION=, LIMIT=)
+	$(BIN)/python scripts/check_table1_prereqs.py --launcher $(LAUNCHER) --version $(VERSION)
+	$(BIN)/python -m eval.run experiment=table1_dense launcher=$(LAUNCHER) results_dir=$(RESULTS) $(limit_arg)
+	$(BIN)/python -m eval.run experiment=table1 launcher=$(LAUNCHER) results_dir=$(RESULTS) \
+		'hydra.sweeper.params.method="$(sparsevlm_config),fastv,random"' $(limit_arg)
+	$(BIN)/python -m eval.report --experiment table1 --results-dir $(RESULTS) --reference
+
+report: $(STAMP)  ## tables + plot for EXPERIMENT=<name> from its records (results/<name>/)
+	$(BIN)/python -m eval.report --experiment $(EXPERIMENT) --results-dir $(RESULTS)
 
 clean:  ## remove caches (keeps .venv)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

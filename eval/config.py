@@ -56,6 +56,7 @@ class RunSpec:
     limit: int | None
     batch_size: int
     seed: int
+    cpu_threads: int | None
     force: bool
     fail_fast: bool
     log_samples: bool
@@ -147,6 +148,7 @@ def spec_from_config(cfg: DictConfig) -> RunSpec:
 
     _positive_int("limit", cfg.limit, nullable=True)
     _positive_int("batch_size", cfg.batch_size)
+    _positive_int("cpu_threads", cfg.get("cpu_threads"), nullable=True)
     logger = OmegaConf.to_container(cfg.logger, resolve=True)
     _choice("logger", logger.get("name"), LOGGERS)
     if logger["name"] == "wandb":
@@ -160,6 +162,7 @@ def spec_from_config(cfg: DictConfig) -> RunSpec:
         limit=cfg.limit,
         batch_size=cfg.batch_size,
         seed=int(cfg.seed),
+        cpu_threads=cfg.get("cpu_threads"),
         force=bool(cfg.force),
         fail_fast=bool(cfg.fail_fast),
         log_samples=bool(cfg.log_samples),

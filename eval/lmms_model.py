@@ -145,6 +145,7 @@ class SparseVLMModel(lmms):
         self.max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
         self.prompt = _choice("prompt", prompt, PROMPT_STYLES)
         self.efficiency_records: list[dict[str, Any]] = []
+        self._stop_strings_ok: dict[tuple[str, ...], bool] = {}
         if model is not None:
             if processor is None:
                 raise ValueError("processor: required when a built model is passed")
@@ -345,9 +346,25 @@ class SparseVLMModel(lmms):
                 config["top_p"] = float(kwargs["top_p"])
         else:
             config.update(temperature=None, top_p=None, top_k=None)
-        if until:
+        if until and self._supports_stop_strings(until):
             config.update(stop_strings=until, tokenizer=self.tokenizer)
         return config, until
+
+    def _supports_stop_strings(self, until: list[str]) -> bool:
+        """Whether HF can stop generation on these strings with this tokenizer (word-level vocabularies cannot).
+
+        Without it, answers are still cut at the stop strings afterwards; generation just runs to EOS or the limit.
+        """
+        from transformers.generation.stopping_criteria import StopStringCriteria
+
+        key = tuple(until)
+        if key not in self._stop_strings_ok:
+            try:
+                StopStringCriteria(self.tokenizer, until)
+                self._stop_strings_ok[key] = True
+            except ValueError:
+                self._stop_strings_ok[key] = False
+        return self._stop_strings_ok[key]
 
     def _generate_batch(self, batch: list[tuple]) -> list[GenerationResult]:
         prompts = [p for p, _, _, _, _ in batch]

@@ -132,6 +132,10 @@ def run_cell(cfg: DictConfig) -> RunRecord:
         log.info("skip %s: complete record at %s (force=true reruns)", spec.run_id, record_path)
         return RunRecord.from_dict(json.loads(record_path.read_text()))
     device = resolve_device(spec.model.device)
+    if spec.cpu_threads is not None:
+        import torch
+
+        torch.set_num_threads(spec.cpu_threads)
     config = OmegaConf.to_container(cfg, resolve=True)
     record = RunRecord(
         run_id=spec.run_id,

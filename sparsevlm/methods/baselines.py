@@ -17,7 +17,9 @@ from sparsevlm.methods.base import (
     check_choice,
     topk_sorted,
 )
-from sparsevlm.schedule import single_stage_keep
+from sparsevlm.schedule import PAPER_DEPTH, map_layers, single_stage_keep
+
+FASTV_K = 2  # FastV's K for LLaVA-1.5 (32 layers); other depths map it with schedule.map_layers
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,23 @@ class Dense(PruningMethod):
     name: ClassVar[str] = "dense"
 
 
+def _check_layer(layer: object) -> None:
+    if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or layer < 1):
+        raise ValueError(f"layer: expected null (depth-mapped K) or an int >= 1 (FastV's K), got {layer!r}")
+
+
+def _check_depth(layer: int | None, n_layers: int) -> None:
+    if layer is not None and layer >= n_layers:
+        raise ValueError(f"layer: K={layer} must be < the model's {n_layers} decoder layers")
+
+
+def _single_stage_layers(layer: int | None, n_layers: int) -> tuple[int, ...]:
+    """The pruned layer's index, K - 1; K defaults to FastV's 2 at 32 layers, depth-mapped elsewhere."""
+    if layer is None:
+        return map_layers((FASTV_K - 1,), n_layers, PAPER_DEPTH)
+    return (layer - 1,)
+
+
 def _single_stage_plan(method, n_layers: int, n_visual: int, score_rows: str | None) -> Plan:
     """Plan for one pruning stage at FastV's layer K - 1 with the keep count matched to the budget."""
     if method.budget >= n_visual:
@@ -34,7 +53,7 @@ def _single_stage_plan(method, n_layers: int, n_visual: int, score_rows: str | N
             f"{method.name}: budget={method.budget} >= {n_visual} visual tokens; nothing is pruned", stacklevel=3
         )
         return Plan()
-    prune_layer = method.layer - 1
+    prune_layer = method.pruning_layers(n_layers)[0]
     keep = single_stage_keep(method.budget, prune_layer, n_visual, n_layers, method.convention)
     return Plan((prune_layer,), (keep,), score_rows, positions=method.positions)
 
@@ -43,31 +62,30 @@ def _single_stage_plan(method, n_layers: int, n_visual: int, score_rows: str | N
 class FastV(PruningMethod):
     """FastV (Chen et al., ECCV 2024): from layer K on keep the visual tokens the last token attends to most.
 
-    `layer` is FastV's K, the first layer that sees the pruned sequence; scores are layer K-1's attention of the last
-    prompt token, averaged over heads. The keep count is matched to `budget` equivalent tokens under `convention`
-    ("output": the paper's, as SparseVLM's budgets; "input": counting layer K-1 at full length, Gumpest/SparseVLMs#12).
+    `layer` is FastV's K, the first layer that sees the pruned sequence (None: K = 2 on 32 layers, mapped to other
+    depths like SparseVLM's layers); scores are layer K-1's attention of the last prompt token, averaged over heads.
+    The keep count is matched to `budget` equivalent tokens under `convention` ("output": the paper's, as
+    SparseVLM's budgets; "input": counting layer K-1 at full length, Gumpest/SparseVLMs#12).
     FastV keeps the original position ids of the survivors.
     """
 
     budget: int = 192
-    layer: int = 2
+    layer: int | None = None
     convention: str = "output"
     positions: str = "original"
     name: ClassVar[str] = "fastv"
 
     def __post_init__(self) -> None:
         check_budget(self.budget)
-        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 1:
-            raise ValueError(f"layer: expected an int >= 1 (FastV's K), got {self.layer!r}")
+        _check_layer(self.layer)
         check_choice("convention", self.convention, ("output", "input"))
         check_choice("positions", self.positions, ("original", "contiguous"))
 
     def check_model(self, n_layers: int, n_heads: int) -> None:
-        if self.layer >= n_layers:
-            raise ValueError(f"layer: FastV K={self.layer} must be < the model's {n_layers} decoder layers")
+        _check_depth(self.layer, n_layers)
 
     def pruning_layers(self, n_layers: int) -> tuple[int, ...]:
-        return (self.layer - 1,)
+        return _single_stage_layers(self.layer, n_layers)
 
     def plan(self, n_layers: int, n_visual: int) -> Plan:
         return _single_stage_plan(self, n_layers, n_visual, "last")
@@ -87,24 +105,22 @@ class RandomPrune(PruningMethod):
 
     budget: int = 192
     seed: int = 0
-    layer: int = 2
+    layer: int | None = None
     convention: str = "output"
     positions: str = "original"
     name: ClassVar[str] = "random"
 
     def __post_init__(self) -> None:
         check_budget(self.budget)
-        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 1:
-            raise ValueError(f"layer: expected an int >= 1, got {self.layer!r}")
+        _check_layer(self.layer)
         check_choice("convention", self.convention, ("output", "input"))
         check_choice("positions", self.positions, ("original", "contiguous"))
 
     def check_model(self, n_layers: int, n_heads: int) -> None:
-        if self.layer >= n_layers:
-            raise ValueError(f"layer: {self.layer} must be < the model's {n_layers} decoder layers")
+        _check_depth(self.layer, n_layers)
 
     def pruning_layers(self, n_layers: int) -> tuple[int, ...]:
-        return (self.layer - 1,)
+        return _single_stage_layers(self.layer, n_layers)
 
     def plan(self, n_layers: int, n_visual: int) -> Plan:
         return _single_stage_plan(self, n_layers, n_visual, None)

@@ -1,0 +1,411 @@
+"""Deterministic synthetic scenes with POPE / MME / GQA-style questions in the lmms-lab dataset schemas.
+
+Each object fills exactly one grid cell, and a cell is one ViT patch (``cell`` pixels), so one visual token holds one
+object. Shapes are distinct pixel masks and colours are flat RGB values, so both are visible to the patch embedding.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+SHAPE_MASKS: dict[str, tuple[str, ...]] = {
+    "square": ("####", "####", "####", "####"),
+    "circle": (".##.", "####", "####", ".##."),
+    "triangle": ("...#", "..##", ".###", "####"),
+    "cross": ("#..#", ".##.", ".##.", "#..#"),
+    "ring": ("####", "#..#", "#..#", "####"),
+}
+PLURALS = {"square": "squares", "circle": "circles", "triangle": "triangles", "cross": "crosses", "ring": "rings"}
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 40, 40),
+    "green": (40, 190, 60),
+    "blue": (50, 90, 240),
+    "yellow": (235, 215, 40),
+    "purple": (160, 60, 210),
+    "orange": (245, 140, 20),
+}
+SHAPES = tuple(SHAPE_MASKS)
+COLOUR_NAMES = tuple(COLOURS)
+# Object types in a fixed order; earlier types are drawn more often, so POPE's "popular" split is meaningful.
+TYPES: tuple[tuple[str, str], ...] = tuple((c, s) for s in SHAPES for c in COLOUR_NAMES)
+TYPE_WEIGHTS = tuple(1.0 / (1.0 + 0.12 * i) for i in range(len(TYPES)))
+GQA_POST_PROMPT = "\nAnswer the question using a single word or phrase."
+MME_SUFFIX = " Please answer yes or no."
+TRAIN_SEED = 1234
+EVAL_SEED = 98765
+
+
+@dataclass(frozen=True)
+class Obj:
+    """One object: colour, shape and its grid cell."""
+
+    colour: str
+    shape: str
+    row: int
+    col: int
+
+    @property
+    def name(self) -> str:
+        """Return e.g. 'red circle'."""
+        return f"{self.colour} {self.shape}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A grid of ``grid`` x ``grid`` cells of ``cell`` pixels holding a few objects."""
+
+    objects: tuple[Obj, ...]
+    grid: int = 12
+    cell: int = 8
+
+    def types(self) -> set[tuple[str, str]]:
+        """Return the (colour, shape) pairs present."""
+        return {(o.colour, o.shape) for o in self.objects}
+
+
+@dataclass(frozen=True)
+class QA:
+    """A question with its short answer; ``family`` and ``kind`` say what it tests."""
+
+    family: str
+    kind: str
+    question: str
+    answer: str
+
+
+def sample_scene(rng: random.Random, n_min: int, n_max: int, grid: int = 12, cell: int = 8) -> Scene:
+    """Draw a scene with n_min..n_max objects of distinct types on cells at least two apart."""
+    n = rng.randint(n_min, n_max)
+    types: list[tuple[str, str]] = []
+    while len(types) < n:
+        t = rng.choices(TYPES, weights=TYPE_WEIGHTS)[0]
+        if t not in types:
+            types.append(t)
+    cells: list[tuple[int, int]] = []
+    while len(cells) < n:
+        r, c = rng.randrange(grid), rng.randrange(grid)
+        if all(max(abs(r - r2), abs(c - c2)) >= 2 for r2, c2 in cells):
+            cells.append((r, c))
+    objs = tuple(Obj(col_, shp, r, c) for (col_, shp), (r, c) in zip(types, cells, strict=True))
+    return Scene(objs, grid, cell)
+
+
+def render(scene: Scene) -> np.ndarray:
+    """Draw the scene as an (H, W, 3) uint8 array on a black background."""
+    size = scene.grid * scene.cell
+    img = np.zeros((size, size, 3), dtype=np.uint8)
+    k = scene.cell // 4
+    for o in scene.objects:
+        mask = np.array([[ch == "#" for ch in row] for row in SHAPE_MASKS[o.shape]])
+        mask = np.kron(mask, np.ones((k, k), dtype=bool))
+        y, x = o.row * scene.cell, o.col * scene.cell
+        img[y : y + scene.cell, x : x + scene.cell][mask] = COLOURS[o.colour]
+    return img
+
+
+def png_bytes(scene: Scene) -> bytes:
+    """Encode the rendered scene as PNG bytes (deterministic)."""
+    buf = io.BytesIO()
+    Image.fromarray(render(scene)).save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
+def _count(scene: Scene, colour: str | None = None, shape: str | None = None) -> int:
+    return sum((colour is None or o.colour == colour) and (shape is None or o.shape == shape) for o in scene.objects)
+
+
+def _relation_pair(scene: Scene, rng: random.Random, axis: str) -> tuple[Obj, Obj] | None:
+    pairs = [
+        (a, b)
+        for a in scene.objects
+        for b in scene.objects
+        if a is not b and abs((a.col - b.col) if axis == "x" else (a.row - b.row)) >= 2
+    ]
+    return rng.choice(pairs) if pairs else None
+
+
+def existence_qa(obj_type: tuple[str, str], present: bool, mme: bool = False) -> QA:
+    """POPE-style (or MME-style) existence question for a colour/shape pair."""
+    c, s = obj_type
+    if mme:
+        return QA("mme", "existence", f"Is there a {c} {s} in this image?{MME_SUFFIX}", "Yes" if present else "No")
+    return QA("existence", "existence", f"Is there a {c} {s} in the image?", "yes" if present else "no")
+
+
+def attribute_qa(scene: Scene, rng: random.Random) -> QA | None:
+    """GQA-style attribute question about the one object with a unique shape (or colour)."""
+    shapes = Counter(o.shape for o in scene.objects)
+    colours = Counter(o.colour for o in scene.objects)
+    by_shape = [o for o in scene.objects if shapes[o.shape] == 1]
+    by_colour = [o for o in scene.objects if colours[o.colour] == 1]
+    if by_shape and (not by_colour or rng.random() < 0.5):
+        o = rng.choice(by_shape)
+        return QA("attribute", "colour", f"What color is the {o.shape}?", o.colour)
+    if by_colour:
+        o = rng.choice(by_colour)
+        return QA("attribute", "shape", f"What shape is the {o.colour} object?", o.shape)
+    return None
+
+
+def relation_qa(scene: Scene, rng: random.Random) -> QA | None:
+    """GQA-style relation question: left/right or above/below between two named objects."""
+    axis = rng.choice("xy")
+    pair = _relation_pair(scene, rng, axis) or _relation_pair(scene, rng, "y" if axis == "x" else "x")
+    if pair is None:
+        return None
+    a, b = pair
+    if abs(a.col - b.col) >= 2 and (axis == "x" or abs(a.row - b.row) < 2):
+        ans = "left" if a.col < b.col else "right"
+        return QA("relation", "horizontal", f"Is the {a.name} to the left or to the right of the {b.name}?", ans)
+    ans = "above" if a.row < b.row else "below"
+    return QA("relation", "vertical", f"Is the {a.name} above or below the {b.name}?", ans)
+
+
+def counting_qa(scene: Scene, rng: random.Random) -> QA:
+    """GQA-style counting question over shapes or colours (answer is a digit)."""
+    if rng.random() < 0.5:
+        s = rng.choice([o.shape for o in scene.objects] + [rng.choice(SHAPES)])
+        return QA("counting", "shape", f"How many {PLURALS[s]} are there?", str(_count(scene, shape=s)))
+    c = rng.choice([o.colour for o in scene.objects] + [rng.choice(COLOUR_NAMES)])
+    return QA("counting", "colour", f"How many {c} objects are there?", str(_count(scene, colour=c)))
+
+
+def mme_pair(scene: Scene, rng: random.Random, category: str) -> tuple[QA, QA] | None:
+    """An MME-style pair on one image: the first question's answer is Yes, the second's No."""
+    objs = scene.objects
+    if category == "existence":
+        absent = [t for t in TYPES if t not in scene.types()]
+        o = rng.choice(objs)
+        return existence_qa((o.colour, o.shape), True, mme=True), existence_qa(rng.choice(absent), False, mme=True)
+    if category == "count":
+        s = rng.choice([o.shape for o in objs])
+        n = _count(scene, shape=s)
+        wrong = rng.choice([k for k in range(1, 5) if k != n])
+        q = "Are there {} {} in this image?" + MME_SUFFIX
+        return QA("mme", category, q.format(n, PLURALS[s]), "Yes"), QA(
+            "mme", category, q.format(wrong, PLURALS[s]), "No"
+        )
+    if category == "position":
+        pair = _relation_pair(scene, rng, "x")
+        if pair is None:
+            return None
+        a, b = sorted(pair, key=lambda o: o.col)
+        q = "Is the {} to the left of the {}?" + MME_SUFFIX
+        return QA("mme", category, q.format(a.name, b.name), "Yes"), QA("mme", category, q.format(b.name, a.name), "No")
+    if category == "color":
+        shapes = Counter(o.shape for o in objs)
+        uniq = [o for o in objs if shapes[o.shape] == 1]
+        if not uniq:
+            return None
+        o = rng.choice(uniq)
+        wrong = rng.choice([c for c in COLOUR_NAMES if c != o.colour])
+        q = "Is the {} in this image {}?" + MME_SUFFIX
+        return QA("mme", category, q.format(o.shape, o.colour), "Yes"), QA(
+            "mme", category, q.format(o.shape, wrong), "No"
+        )
+    raise ValueError(f"unknown MME category {category!r}")
+
+
+MME_CATEGORIES = ("existence", "count", "position", "color")
+
+
+def pope_negatives(scene: Scene, rng: random.Random, split: str, k: int, popularity: list[tuple[str, str]]) -> list:
+    """Absent object types for POPE's random / popular / adversarial sampling."""
+    present = scene.types()
+    absent = [t for t in TYPES if t not in present]
+    if split == "random":
+        return rng.sample(absent, k)
+    if split == "popular":
+        return [t for t in popularity if t not in present][:k]
+    if split == "adversarial":
+        # Hard negatives: absent types sharing a colour or a shape with a present object, most shared first.
+        def shared(t: tuple[str, str]) -> int:
+            return sum((t[0] == c) + (t[1] == s) for c, s in present)
+
+        ranked = sorted(absent, key=lambda t: (-shared(t), rng.random()))
+        return ranked[:k]
+    raise ValueError(f"unknown POPE split {split!r}")
+
+
+def _image_feature(scene: Scene) -> dict:
+    return {"bytes": png_bytes(scene), "path": None}
+
+
+def build_pope(
+    seed: int, n_images: int, per_image: int = 3, n_min: int = 3, n_max: int = 8, grid: int = 12, cell: int = 8
+) -> dict[str, list]:
+    """POPE rows (lmms-lab/POPE columns) for the three splits over the same images."""
+    rng = random.Random(seed)
+    scenes = [sample_scene(rng, n_min, n_max, grid, cell) for _ in range(n_images)]
+    freq = Counter(t for sc in scenes for t in sc.types())
+    popularity = sorted(TYPES, key=lambda t: (-freq[t], TYPES.index(t)))
+    out: dict[str, list] = {}
+    for split in ("adversarial", "popular", "random"):
+        srng = random.Random(f"{seed}-{split}")
+        rows = []
+        for i, sc in enumerate(scenes):
+            pos = [(o.colour, o.shape) for o in srng.sample(sc.objects, per_image)]
+            neg = pope_negatives(sc, srng, split, per_image, popularity)
+            image = _image_feature(sc)
+            for t, present in [(t, True) for t in pos] + [(t, False) for t in neg]:
+                qa = existence_qa(t, present)
+                qid = len(rows)
+                rows.append(
+                    {
+                        "id": f"{split}-{qid}",
+                        "question_id": str(qid),
+                        "question": qa.question,
+                        "answer": qa.answer,
+                        "image_source": f"synth_{seed}_{i:05d}",
+                        "image": image,
+                        "category": split,
+                    }
+                )
+        out[split] = rows
+    return out
+
+
+def build_mme(seed: int, n_images: int, n_min: int = 3, n_max: int = 8, grid: int = 12, cell: int = 8) -> list[dict]:
+    """MME rows (lmms-lab/MME columns): two questions per image, one Yes and one No, in four categories."""
+    rng = random.Random(seed)
+    rows = []
+    i = 0
+    while len(rows) < 2 * n_images:
+        sc = sample_scene(rng, n_min, n_max, grid, cell)
+        category = MME_CATEGORIES[i % len(MME_CATEGORIES)]
+        pair = mme_pair(sc, rng, category)
+        if pair is None:
+            continue
+        image = _image_feature(sc)
+        for qa in pair:
+            rows.append(
+                {
+                    "question_id": f"{category}/{i:05d}.png",
+                    "image": image,
+                    "question": qa.question,
+                    "answer": qa.answer,
+                    "category": category,
+                }
+            )
+        i += 1
+    return rows
+
+
+def build_gqa(
+    seed: int, n_images: int, n_min: int = 3, n_max: int = 8, grid: int = 12, cell: int = 8
+) -> tuple[list[dict], list[dict]]:
+    """GQA rows: (instructions with lmms-lab/GQA columns, images table with columns id and image)."""
+    rng = random.Random(seed)
+    questions, images = [], []
+    makers = {"attribute": attribute_qa, "relation": relation_qa, "counting": counting_qa}
+    semantic = {"attribute": "attr", "relation": "rel", "counting": "obj"}
+    for i in range(n_images):
+        sc = sample_scene(rng, n_min, n_max, grid, cell)
+        image_id = f"synth{seed}_{i:05d}"
+        images.append({"id": image_id, "image": _image_feature(sc)})
+        for family, make in makers.items():
+            qa = make(sc, rng)
+            if qa is None:
+                continue
+            questions.append(
+                {
+                    "id": f"{image_id}_{family}",
+                    "imageId": image_id,
+                    "question": qa.question,
+                    "answer": qa.answer,
+                    "fullAnswer": f"The answer is {qa.answer}.",
+                    "isBalanced": True,
+                    "types": {"structural": "query", "semantic": semantic[family], "detailed": f"{family}_{qa.kind}"},
+                }
+            )
+    return questions, images
+
+
+def caption(scene: Scene) -> str:
+    """Objects in raster order, e.g. 'red circle blue square'."""
+    return " ".join(o.name for o in sorted(scene.objects, key=lambda o: (o.row, o.col)))
+
+
+def cell_qa(scene: Scene, rng: random.Random) -> QA:
+    """Alignment question: what is in a named cell (an object's cell half of the time)."""
+    occupied = {(o.row, o.col): o for o in scene.objects}
+    if rng.random() < 0.5:
+        o = rng.choice(scene.objects)
+        r, c = o.row, o.col
+    else:
+        r, c = rng.randrange(scene.grid), rng.randrange(scene.grid)
+    ans = occupied[(r, c)].name if (r, c) in occupied else "nothing"
+    return QA("align", "cell", f"What is in row {r} column {c}?", ans)
+
+
+def training_turns(scene: Scene, rng: random.Random, alignment: bool) -> list[QA]:
+    """A bundle of questions on one training image; the alignment stage uses captions and cell questions."""
+    turns = [QA("align", "caption", "Describe the image.", caption(scene)), cell_qa(scene, rng)]
+    if alignment:
+        turns += [cell_qa(scene, rng) for _ in range(2)]
+    present = sorted(scene.types())
+    absent = [t for t in TYPES if t not in scene.types()]
+    turns.append(existence_qa(rng.choice(present), True))
+    turns.append(existence_qa(rng.choice(absent), False))
+    shared = [t for t in absent if any(t[0] == c or t[1] == s for c, s in present)]
+    if shared:
+        turns.append(existence_qa(rng.choice(shared), False))
+    if alignment:
+        return turns
+    turns.append(existence_qa(rng.choice(present), True))
+    for make in (attribute_qa, attribute_qa, relation_qa, relation_qa, counting_qa, counting_qa):
+        qa = make(scene, rng)
+        if qa is not None:
+            turns.append(qa)
+    for category in rng.sample(MME_CATEGORIES, 2):
+        pair = mme_pair(scene, rng, category)
+        if pair is not None:
+            turns.append(pair[rng.randrange(2)])
+    return turns
+
+
+def mme_prompt(question: str) -> str:
+    """The prompt lmms-eval's MME task sends: the yes/no suffix replaced by the short-answer post-prompt."""
+    return question.replace(MME_SUFFIX, "") + GQA_POST_PROMPT
+
+
+def eval_items(
+    seed: int = EVAL_SEED, n_pope: int = 50, n_mme: int = 75, n_gqa: int = 100, grid: int = 12, cell: int = 8
+) -> list[dict]:
+    """Flat held-out items {family, kind, prompt, answer, image (PNG bytes)} in the prompts lmms-eval would send."""
+    items = []
+    for split, rows in build_pope(seed, n_pope, grid=grid, cell=cell).items():
+        items += [
+            {"family": "existence", "kind": split, "prompt": r["question"], "answer": r["answer"], "image": r["image"]}
+            for r in rows
+        ]
+    items += [
+        {
+            "family": "mme",
+            "kind": r["category"],
+            "prompt": mme_prompt(r["question"]),
+            "answer": r["answer"],
+            "image": r["image"],
+            "pair": r["question_id"],
+        }
+        for r in build_mme(seed + 1, n_mme, grid=grid, cell=cell)
+    ]
+    questions, images = build_gqa(seed + 2, n_gqa, grid=grid, cell=cell)
+    by_id = {im["id"]: im["image"] for im in images}
+    items += [
+        {
+            "family": q["id"].rsplit("_", 1)[1],
+            "kind": q["types"]["detailed"],
+            "prompt": q["question"] + GQA_POST_PROMPT,
+            "answer": q["answer"],
+            "image": by_id[q["imageId"]],
+        }
+        for q in questions
+    ]
+    return items

@@ -1,0 +1,144 @@
+"""The synthetic POPE / MME / GQA generator: determinism, official columns, MME pairs, POPE splits."""
+
+from __future__ import annotations
+
+import io
+import random
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from eval import synth
+
+POPE_COLUMNS = {"id", "question_id", "question", "answer", "image_source", "image", "category"}
+MME_COLUMNS = {"question_id", "image", "question", "answer", "category"}
+GQA_COLUMNS = {"id", "imageId", "question", "answer", "fullAnswer"}
+
+
+def _objects(png: bytes, grid: int = 12, cell: int = 8) -> int:
+    """Number of non-black cells in an image."""
+    arr = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(grid, cell, grid, cell, 3)
+    return int((arr.max(axis=(1, 3, 4)) > 0).sum())
+
+
+def test_same_seed_same_bytes_and_different_seed_differs() -> None:
+    a, b, c = synth.build_pope(7, 5), synth.build_pope(7, 5), synth.build_pope(8, 5)
+    assert a == b
+    assert [r["image"]["bytes"] for r in a["random"]] != [r["image"]["bytes"] for r in c["random"]]
+    assert synth.build_mme(7, 6) == synth.build_mme(7, 6)
+    assert synth.build_gqa(7, 6) == synth.build_gqa(7, 6)
+    assert synth.TRAIN_SEED != synth.EVAL_SEED
+
+
+def test_objects_fill_single_patches() -> None:
+    scene = synth.sample_scene(random.Random(0), 5, 5)
+    img = synth.render(scene)
+    assert img.shape == (96, 96, 3) and (scene.grid, scene.cell) == (12, 8)
+    assert _objects(synth.png_bytes(scene)) == 5
+    masks = set()
+    for o in scene.objects:
+        cell = img[o.row * 8 : o.row * 8 + 8, o.col * 8 : o.col * 8 + 8]
+        assert tuple(cell.reshape(-1, 3).max(axis=0)) == synth.COLOURS[o.colour]
+        masks.add((o.shape, cell.any(axis=2).tobytes()))
+    assert len({m for _, m in masks}) == len({s for s, _ in masks})  # one pixel mask per shape
+    small = synth.sample_scene(random.Random(0), 5, 5, grid=24, cell=4)
+    assert synth.render(small).shape == (96, 96, 3) and _objects(synth.png_bytes(small), 24, 4) == 5
+
+
+def test_pope_columns_splits_and_answers() -> None:
+    pope = synth.build_pope(3, 20)
+    assert set(pope) == {"adversarial", "popular", "random"}
+    for split, rows in pope.items():
+        assert set(rows[0]) == POPE_COLUMNS
+        assert {r["category"] for r in rows} == {split}
+        assert sorted(r["answer"] for r in rows).count("yes") == len(rows) // 2
+        assert len({r["question_id"] for r in rows}) == len(rows)
+    # Same images across the splits, as in POPE; negatives sampled differently.
+    assert [r["image_source"] for r in pope["random"]] == [r["image_source"] for r in pope["popular"]]
+    negatives = {s: [r["question"] for r in rows if r["answer"] == "no"] for s, rows in pope.items()}
+    assert negatives["random"] != negatives["popular"] != negatives["adversarial"]
+
+
+def test_pope_answers_match_the_scene() -> None:
+    rng = random.Random(1)
+    scene = synth.sample_scene(rng, 4, 4)
+    present = scene.types()
+    for split in ("random", "popular", "adversarial"):
+        neg = synth.pope_negatives(scene, rng, split, 3, list(synth.TYPES))
+        assert len(neg) == 3 and not set(neg) & present
+    adversarial = synth.pope_negatives(scene, rng, "adversarial", 3, list(synth.TYPES))
+    assert all(any(t[0] == c or t[1] == s for c, s in present) for t in adversarial)
+
+
+def test_mme_pairs_one_yes_one_no() -> None:
+    rows = synth.build_mme(5, 40)
+    assert set(rows[0]) == MME_COLUMNS
+    pairs = defaultdict(list)
+    for r in rows:
+        assert r["question"].endswith(" Please answer yes or no.")
+        pairs[r["question_id"]].append(r)
+    assert len(pairs) == 40
+    for pair in pairs.values():
+        assert sorted(r["answer"] for r in pair) == ["No", "Yes"]
+        assert pair[0]["image"] == pair[1]["image"] and pair[0]["category"] == pair[1]["category"]
+    assert {r["category"] for r in rows} == set(synth.MME_CATEGORIES)
+
+
+def test_gqa_columns_and_short_answers() -> None:
+    questions, images = synth.build_gqa(9, 30)
+    assert GQA_COLUMNS <= set(questions[0])
+    assert set(images[0]) == {"id", "image"}
+    ids = {im["id"] for im in images}
+    assert all(q["imageId"] in ids for q in questions)
+    assert {q["types"]["semantic"] for q in questions} == {"attr", "rel", "obj"}
+    assert all(len(q["answer"].split()) == 1 for q in questions)
+
+
+def test_gqa_answers_are_correct() -> None:
+    scene = synth.Scene(
+        (synth.Obj("red", "circle", 2, 2), synth.Obj("blue", "circle", 2, 10), synth.Obj("red", "cross", 12, 6))
+    )
+    counts = {"circles": "2", "crosses": "1", "red": "2", "blue": "1"}
+    where = {o.name: (o.row, o.col) for o in scene.objects}
+    for seed in range(30):
+        rng = random.Random(seed)
+        count = synth.counting_qa(scene, rng)
+        word = re.match(r"How many (\w+)", count.question).group(1)
+        assert count.answer == counts.get(word, "0"), count
+        rel = synth.relation_qa(scene, rng)
+        a, b = re.match(r"Is the (\w+ \w+) .* the (\w+ \w+)\?$", rel.question).groups()
+        (ra, ca), (rb, cb) = where[a], where[b]
+        expected = ("left" if ca < cb else "right") if rel.kind == "horizontal" else ("above" if ra < rb else "below")
+        assert rel.answer == expected and (abs(ca - cb) if rel.kind == "horizontal" else abs(ra - rb)) >= 2, rel
+        attr = synth.attribute_qa(scene, rng)
+        assert (attr.question, attr.answer) in {
+            ("What color is the cross?", "red"),
+            ("What shape is the blue object?", "circle"),
+        }
+
+
+def test_committed_data_matches_generator() -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = Path(__file__).resolve().parents[1] / "data" / "synth"
+    if not path.exists():
+        pytest.skip(f"no committed data at {path}")
+    pope = pq.read_table(path / "pope" / "test.parquet").to_pylist()
+    expected = [
+        r for split in ("adversarial", "popular", "random") for r in synth.build_pope(synth.EVAL_SEED, 50)[split]
+    ]
+    assert [(r["question"], r["answer"], r["category"]) for r in pope] == [
+        (r["question"], r["answer"], r["category"]) for r in expected
+    ]
+    assert pope[7]["image"]["bytes"] == expected[7]["image"]["bytes"]
+    mme = pq.read_table(path / "mme" / "test.parquet").to_pylist()
+    assert [(r["question_id"], r["question"], r["answer"]) for r in mme] == [
+        (r["question_id"], r["question"], r["answer"]) for r in synth.build_mme(synth.EVAL_SEED + 1, 75)
+    ]
+    gqa = pq.read_table(path / "gqa" / "testdev_balanced_instructions.parquet").to_pylist()
+    assert [(r["imageId"], r["question"], r["answer"]) for r in gqa] == [
+        (r["imageId"], r["question"], r["answer"]) for r in synth.build_gqa(synth.EVAL_SEED + 2, 100)[0]
+    ]
