@@ -1,0 +1,88 @@
+"""The committed tiny LLaVA loads offline with from_pretrained and answers fixed held-out questions (dense, greedy)."""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from eval import synth
+
+MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "tiny-llava"
+PER_FAMILY = 4  # the first held-out questions of each family (existence, mme, attribute, relation, counting)
+MIN_CORRECT = 17  # of 20; the current model is near chance on these (docs/tiny-model.md), hence the strict xfail
+N_SCENES, MIN_COLOURS_RIGHT = 8, 7
+
+pytestmark = pytest.mark.skipif(
+    not (MODEL_DIR / "model.safetensors").exists(), reason=f"trained model not present at {MODEL_DIR}"
+)
+
+
+@pytest.fixture(scope="module")
+def loaded() -> tuple[LlavaForConditionalGeneration, AutoProcessor]:
+    """Model and processor loaded from the local directory only."""
+    torch.set_num_threads(1)
+    model = LlavaForConditionalGeneration.from_pretrained(MODEL_DIR, local_files_only=True).eval()
+    processor = AutoProcessor.from_pretrained(MODEL_DIR, local_files_only=True)
+    return model, processor
+
+
+def _answer(
+    model: LlavaForConditionalGeneration, processor: AutoProcessor, image: bytes, question: str, max_new_tokens: int = 8
+) -> str:
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(images=Image.open(io.BytesIO(image)).convert("RGB"), text=prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.decode(out[0, inputs.input_ids.shape[1] :], skip_special_tokens=True).strip()
+
+
+def test_model_shape_and_size(loaded: tuple) -> None:
+    model, processor = loaded
+    assert model.config.text_config.model_type == "llama"
+    assert model.config.text_config.num_hidden_layers >= 8
+    size = sum(f.stat().st_size for f in MODEL_DIR.iterdir() if f.is_file())
+    assert size <= 20 * 2**20
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}],
+        add_generation_prompt=True,
+    )
+    assert prompt == "USER: <image>\nDescribe the image. ASSISTANT:"
+    inputs = processor(images=Image.new("RGB", (96, 96)), text=prompt, return_tensors="pt")
+    n_image_tokens = int((inputs.input_ids == model.config.image_token_id).sum())
+    assert n_image_tokens == model.config.image_seq_length == 144  # 12 x 12 patches of 8 px
+
+
+def test_reads_colours_of_held_out_scenes(loaded: tuple) -> None:
+    """Captions of unseen scenes name the objects' colours in raster order (shape words are not yet learned)."""
+    model, processor = loaded
+    rng = random.Random(synth.EVAL_SEED + 3)
+    right = []
+    for _ in range(N_SCENES):
+        scene = synth.sample_scene(rng, 3, 8)
+        got = _answer(model, processor, synth.png_bytes(scene), "Describe the image.", 24).split()
+        right.append(got[0::2] == synth.caption(scene).split()[0::2])
+    assert sum(right) >= MIN_COLOURS_RIGHT, right
+
+
+@pytest.mark.xfail(strict=True, reason="the trained model answers the benchmark families near chance (see docs)")
+def test_answers_fixed_held_out_questions(loaded: tuple) -> None:
+    model, processor = loaded
+    items = synth.eval_items()
+    fixed = [
+        it
+        for fam in ("existence", "mme", "attribute", "relation", "counting")
+        for it in [x for x in items if x["family"] == fam][:PER_FAMILY]
+    ]
+    wrong = []
+    for item in fixed:
+        got = _answer(model, processor, item["image"]["bytes"], item["prompt"])
+        if got.lower() != item["answer"].lower():
+            wrong.append((item["prompt"].splitlines()[0], got, item["answer"]))
+    assert len(fixed) - len(wrong) >= MIN_CORRECT, wrong
