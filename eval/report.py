@@ -212,15 +212,19 @@ def pareto_plot(table: pd.DataFrame, path: Path) -> Path:
     methods = {}
     for label, row in table.iterrows():
         methods.setdefault(str(label).split(" @")[0], []).append((row.get("TFLOPs"), row.get("Avg %")))
+    plotted = False
     for method, points in methods.items():
         points = sorted((x, y) for x, y in points if pd.notna(x) and pd.notna(y))
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", label=method)
+            plotted = True
     ax.set_xlabel("TFLOPs (prefill, paper formula)")
     ax.set_ylabel("Avg % of dense")
     ax.grid(alpha=0.3)
-    if methods:
+    if plotted:
         ax.legend()
+    else:  # e.g. a dense score of 0 leaves every Avg % undefined
+        ax.text(0.5, 0.5, "no row has both Avg % and TFLOPs", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
