@@ -56,6 +56,9 @@ reproduce-table1: $(STAMP)  ## the paper's Table 1 on LLaVA-1.5-7B (GPU + HF hub
 		'hydra.sweeper.params.method="$(sparsevlm_config),fastv,random"' $(limit_arg)
 	$(BIN)/python -m eval.report --experiment table1 --results-dir $(RESULTS) --reference
 
+bench: $(STAMP)  ## efficiency benchmark on CPU (32-layer shape, interleaved methods); GPU: see docs/efficiency.md
+	$(BIN)/python -m eval.bench --shape cpu-32l --repeats 5 --batches 1 4 8
+
 report: $(STAMP)  ## tables + plot for EXPERIMENT=<name> from its records (results/<name>/)
 	$(BIN)/python -m eval.report --experiment $(EXPERIMENT) --results-dir $(RESULTS)
 
