@@ -116,6 +116,46 @@ def png_bytes(scene: Scene) -> bytes:
     return buf.getvalue()
 
 
+def decode_scene(png: bytes, grid: int = 12, cell: int = 8) -> Scene:
+    """Read the objects back from a rendered scene (the inverse of ``render``); raises on an unknown cell pattern."""
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    k = cell // 4
+    masks = {
+        s: np.kron(np.array([[ch == "#" for ch in row] for row in m]), np.ones((k, k), dtype=bool))
+        for s, m in SHAPE_MASKS.items()
+    }
+    colours = {rgb: name for name, rgb in COLOURS.items()}
+    objs = []
+    for r in range(grid):
+        for c in range(grid):
+            patch = img[r * cell : (r + 1) * cell, c * cell : (c + 1) * cell]
+            lit = patch.any(axis=-1)
+            if not lit.any():
+                continue
+            shape = next((s for s, m in masks.items() if np.array_equal(lit, m)), None)
+            colour = colours.get(tuple(int(v) for v in patch[lit][0]))
+            if shape is None or colour is None:
+                raise ValueError(f"cell ({r}, {c}) is not a synthetic object")
+            objs.append(Obj(colour, shape, r, c))
+    return Scene(tuple(objs), grid, cell)
+
+
+def question_targets(scene: Scene, question: str) -> list[Obj]:
+    """Objects of the scene that a question names ("red circle", "the square", "red objects", "circles")."""
+    words = question.lower().replace("?", " ").split()
+    singular = {p: s for s, p in PLURALS.items()}
+    named: list[tuple[str | None, str | None]] = []
+    for i, w in enumerate(words):
+        shape = w if w in SHAPES else singular.get(w)
+        if shape is None and w not in ("object", "objects"):
+            continue
+        colour = words[i - 1] if i and words[i - 1] in COLOURS else None
+        named.append((colour, shape))
+    return [
+        o for o in scene.objects if any((c is None or o.colour == c) and (s is None or o.shape == s) for c, s in named)
+    ]
+
+
 def _count(scene: Scene, colour: str | None = None, shape: str | None = None) -> int:
     return sum((colour is None or o.colour == colour) and (shape is None or o.shape == shape) for o in scene.objects)
 
@@ -344,11 +384,37 @@ def cell_qa(scene: Scene, rng: random.Random) -> QA:
     return QA("align", "cell", f"What is in row {r} column {c}?", ans)
 
 
-def training_turns(scene: Scene, rng: random.Random, alignment: bool) -> list[QA]:
-    """A bundle of questions on one training image; the alignment stage uses captions and cell questions."""
+def locate_qa(scene: Scene, rng: random.Random) -> QA:
+    """Bootstrap question: where a named object is; its answer is copied from the one matching visual token."""
+    o = rng.choice(scene.objects)
+    return QA("align", "locate", f"Where is the {o.name}?", f"row {o.row} column {o.col}")
+
+
+def single_attribute_qa(scene: Scene, rng: random.Random) -> QA:
+    """Bootstrap existence question on one attribute ("Is there a red object?"), present half of the time."""
+    if rng.random() < 0.5:
+        values, present = COLOUR_NAMES, {o.colour for o in scene.objects}
+        text = "Is there a {} object in the image?"
+    else:
+        values, present = SHAPES, {o.shape for o in scene.objects}
+        text = "Is there a {} in the image?"
+    absent = [v for v in values if v not in present]
+    value = rng.choice(sorted(present)) if not absent or rng.random() < 0.5 else rng.choice(absent)
+    return QA("align", "single", text.format(value), "yes" if value in present else "no")
+
+
+def training_turns(scene: Scene, rng: random.Random, alignment: bool, bootstrap: bool = False) -> list[QA]:
+    """A bundle of questions on one training image; the alignment stage uses captions and cell questions.
+
+    With ``bootstrap``, every bundle also asks where two named objects are and two single-attribute existence
+    questions: dense, easy targets that teach the model to find a visual token by its content.
+    """
     turns = [QA("align", "caption", "Describe the image.", caption(scene)), cell_qa(scene, rng)]
     if alignment:
         turns += [cell_qa(scene, rng) for _ in range(2)]
+    if bootstrap:
+        turns += [locate_qa(scene, rng), locate_qa(scene, rng), single_attribute_qa(scene, rng)]
+        turns.append(single_attribute_qa(scene, rng))
     present = sorted(scene.types())
     absent = [t for t in TYPES if t not in scene.types()]
     turns.append(existence_qa(rng.choice(present), True))

@@ -71,6 +71,12 @@ class TrainConfig:
     save_every_s: float = 300.0
     eval_every: int = 250
     init_from: str = ""  # continue from a saved model directory instead of a random init
+    vision_steps: int = 0  # supervised per-patch pre-training steps of the vision tower before the LLaVA stages
+    vision_batch: int = 32
+    vision_lr: float = 3e-3
+    freeze_vision: bool = False  # keep the (pre-trained) vision tower fixed in the LLaVA stages, like LLaVA's CLIP
+    threads: int = 1
+    bootstrap: bool = False  # add "Where is the X?" and single-attribute existence questions to every bundle
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -80,7 +86,8 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     rng = random.Random(0)
     for _ in range(400):
         sc = synth.sample_scene(rng, 1, 8)
-        for qa in synth.training_turns(sc, rng, alignment=False) + synth.training_turns(sc, rng, alignment=True):
+        turns = synth.training_turns(sc, rng, alignment=False, bootstrap=True)
+        for qa in turns + synth.training_turns(sc, rng, alignment=True, bootstrap=True):
             words |= set(re.findall(r"\w+|[^\w\s]", f"{qa.question} {qa.answer}".lower()))
     vocab = {t: i for i, t in enumerate(SPECIALS + sorted(words))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
@@ -290,6 +297,68 @@ def keep_background_at(cfg: TrainConfig, step: int) -> float:
     return cfg.min_keep + (1.0 - cfg.min_keep) * ramp
 
 
+def patch_labels(scene: synth.Scene) -> torch.Tensor:
+    """Per-patch targets (colour or 0, shape or 0, row, column) for the raster-ordered patches of a scene."""
+    n = scene.grid * scene.grid
+    labels = torch.zeros(n, 4, dtype=torch.long)
+    labels[:, 2] = torch.arange(n) // scene.grid
+    labels[:, 3] = torch.arange(n) % scene.grid
+    for o in scene.objects:
+        i = o.row * scene.grid + o.col
+        labels[i, 0] = synth.COLOUR_NAMES.index(o.colour) + 1
+        labels[i, 1] = synth.SHAPES.index(o.shape) + 1
+    return labels
+
+
+def pretrain_vision(
+    model: LlavaForConditionalGeneration, processor: LlavaProcessor, cfg: TrainConfig, rng: random.Random
+) -> dict:
+    """Teach the vision tower what every patch holds (colour, shape, row, column) with linear heads, then drop them.
+
+    LLaVA starts from a trained CLIP; this is our stand-in, so the LLaVA stages only have to learn to look things up.
+    """
+    tower = model.model.vision_tower
+    sizes = (len(synth.COLOUR_NAMES) + 1, len(synth.SHAPES) + 1, cfg.grid, cfg.grid)
+    head = torch.nn.Linear(cfg.vision_hidden, sum(sizes))
+    params = list(tower.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=0.01)
+    t0, log = time.time(), []
+    for step in range(cfg.vision_steps):
+        scenes = [synth.sample_scene(rng, 1, 8, cfg.grid, cfg.patch) for _ in range(cfg.vision_batch)]
+        pixels = processor.image_processor(
+            [Image.fromarray(synth.render(s)) for s in scenes], return_tensors="pt"
+        ).pixel_values
+        labels = torch.stack([patch_labels(s) for s in scenes])
+        feats = tower(pixels, output_hidden_states=True).hidden_states[model.config.vision_feature_layer][:, 1:]
+        logits = head(feats).split(sizes, dim=-1)
+        # object patches are rare; weight their colour/shape terms so they are not drowned by background
+        weight = torch.where(labels[..., 0] > 0, 10.0, 1.0)
+        losses = [
+            (
+                torch.nn.functional.cross_entropy(lg.flatten(0, 1), labels[..., k].flatten(), reduction="none")
+                * weight.flatten()
+            ).sum()
+            / weight.sum()
+            for k, lg in enumerate(logits)
+        ]
+        for g in opt.param_groups:
+            g["lr"] = cfg.vision_lr * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * (1 - step / cfg.vision_steps))
+        opt.zero_grad(set_to_none=True)
+        sum(losses).backward()
+        opt.step()
+        if (step + 1) % 50 == 0:
+            with torch.no_grad():
+                obj = labels[..., 0] > 0
+                acc = [(lg.argmax(-1) == labels[..., k])[obj].float().mean().item() for k, lg in enumerate(logits)]
+            entry = {"step": step + 1, "loss": round(sum(losses).item(), 4), "elapsed_s": round(time.time() - t0, 1)}
+            entry |= dict(
+                zip(("colour_acc", "shape_acc", "row_acc", "col_acc"), (round(a, 4) for a in acc), strict=True)
+            )
+            log.append(entry)
+            print("vision " + json.dumps(entry), flush=True)
+    return {"history": log, "seconds": round(time.time() - t0, 1)}
+
+
 def lr_at(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up then cosine decay to 10 %."""
     if step < cfg.warmup:
@@ -351,7 +420,7 @@ def save(model: LlavaForConditionalGeneration, processor: LlavaProcessor, out: P
 
 def train(cfg: TrainConfig, out: Path, eval_per_family: int) -> dict:
     """Run training; checkpoint periodically; return the log with final held-out accuracy."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)
     processor = build_processor(cfg)
     model = build_model(cfg, processor.tokenizer)
@@ -364,9 +433,14 @@ def train(cfg: TrainConfig, out: Path, eval_per_family: int) -> dict:
     (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     held_out = synth.eval_items(grid=cfg.grid, cell=cfg.patch)
     quick = subsample(held_out, 30, seed=1)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
     rng = random.Random(cfg.seed)
     log: dict = {"config": dataclasses.asdict(cfg), "params": n_params, "history": [], "evals": []}
+    if cfg.vision_steps:
+        log["vision_pretraining"] = pretrain_vision(model, processor, cfg, rng)
+    if cfg.freeze_vision:
+        model.model.vision_tower.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
     t0 = last_save = time.time()
     model.train()
     step, running = 0, 0.0
@@ -376,7 +450,10 @@ def train(cfg: TrainConfig, out: Path, eval_per_family: int) -> dict:
             break
         n_min, n_max, align = curriculum(cfg, step)
         scenes = [synth.sample_scene(rng, n_min, n_max, cfg.grid, cfg.patch) for _ in range(cfg.batch)]
-        bundles = [[(format_prompt(qa, rng), qa.answer) for qa in synth.training_turns(s, rng, align)] for s in scenes]
+        bundles = [
+            [(format_prompt(qa, rng), qa.answer) for qa in synth.training_turns(s, rng, align, cfg.bootstrap)]
+            for s in scenes
+        ]
         b = packer.batch(scenes, bundles, keep_background_at(cfg, step), rng)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
@@ -384,7 +461,7 @@ def train(cfg: TrainConfig, out: Path, eval_per_family: int) -> dict:
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), b["targets"].flatten(), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         running += loss.item()
         if (step + 1) % 25 == 0:
@@ -417,7 +494,11 @@ def main() -> None:
     """Parse arguments (every TrainConfig field is a flag) and train."""
     ap = argparse.ArgumentParser(description=__doc__)
     for f in dataclasses.fields(TrainConfig):
-        ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+        flag = f"--{f.name.replace('_', '-')}"
+        if isinstance(f.default, bool):
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            ap.add_argument(flag, type=type(f.default), default=f.default)
     ap.add_argument("--out", type=Path, default=Path("models/tiny-llava"))
     ap.add_argument("--eval-per-family", type=int, default=300)
     args = vars(ap.parse_args())

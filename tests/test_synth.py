@@ -142,3 +142,58 @@ def test_committed_data_matches_generator() -> None:
     assert [(r["imageId"], r["question"], r["answer"]) for r in gqa] == [
         (r["imageId"], r["question"], r["answer"]) for r in synth.build_gqa(synth.EVAL_SEED + 2, 100)[0]
     ]
+
+
+def test_decode_scene_inverts_render() -> None:
+    rng = random.Random(3)
+    for n in (1, 5, 8):
+        scene = synth.sample_scene(rng, n, n)
+        decoded = synth.decode_scene(synth.png_bytes(scene))
+        assert sorted(decoded.objects, key=lambda o: (o.row, o.col)) == sorted(
+            scene.objects, key=lambda o: (o.row, o.col)
+        )
+    garbled = synth.render(scene).copy()
+    garbled[0, 0] = (1, 2, 3)
+    buf = io.BytesIO()
+    Image.fromarray(garbled).save(buf, format="PNG")
+    with pytest.raises(ValueError, match=r"cell \(0, 0\)"):
+        synth.decode_scene(buf.getvalue())
+
+
+def test_question_targets_name_the_needed_objects() -> None:
+    red_circle, blue_circle, red_cross = (
+        synth.Obj("red", "circle", 2, 2),
+        synth.Obj("blue", "circle", 2, 10),
+        synth.Obj("red", "cross", 11, 6),
+    )
+    scene = synth.Scene((red_circle, blue_circle, red_cross))
+    cases = {
+        "Is there a red circle in the image?": [red_circle],
+        "Is there a green ring in the image?": [],
+        "What color is the cross?\nAnswer the question using a single word or phrase.": [red_cross],
+        "What shape is the blue object?": [blue_circle],
+        "How many circles are there?": [red_circle, blue_circle],
+        "How many red objects are there?": [red_circle, red_cross],
+        "Is the red cross above or below the blue circle?": [blue_circle, red_cross],
+    }
+    for question, expected in cases.items():
+        assert synth.question_targets(scene, question) == expected, question
+
+
+def test_bootstrap_questions_answer_from_the_scene() -> None:
+    rng = random.Random(5)
+    for _ in range(50):
+        scene = synth.sample_scene(rng, 1, 8)
+        turns = synth.training_turns(scene, rng, alignment=False, bootstrap=True)
+        plain = synth.training_turns(scene, random.Random(0), alignment=False)
+        assert not any(qa.kind in ("locate", "single") for qa in plain)
+        for qa in turns:
+            if qa.kind == "locate":
+                (target,) = synth.question_targets(
+                    scene, qa.question.replace("Where is", "Is there a").replace("the ", "")
+                )
+                assert qa.answer == f"row {target.row} column {target.col}"
+            elif qa.kind == "single":
+                value = qa.question.split()[3]
+                present = {o.colour for o in scene.objects} | {o.shape for o in scene.objects}
+                assert qa.answer == ("yes" if value in present else "no"), qa.question
