@@ -38,9 +38,11 @@ def test_recall_of_a_real_prefill() -> None:
     model = LlavaForConditionalGeneration.from_pretrained(MODEL_DIR, local_files_only=True).eval()
     processor = AutoProcessor.from_pretrained(MODEL_DIR, local_files_only=True)
     item = next(it for it in synth.eval_items(n_pope=2, n_mme=2, n_gqa=2) if it["family"] == "relation")
-    full = item_recall(model, processor, item, sparsevlm.RandomPrune(budget=143))
+    # dropping one of 144 tokens removes at most one of the two related objects, and which one depends on the seed
+    near_full = [item_recall(model, processor, item, sparsevlm.RandomPrune(budget=143, seed=s)) for s in range(6)]
+    assert all(r["recall"] in ([1.0], [0.5]) and r["all_kept"] == (r["recall"] == [1.0]) for r in near_full)
+    assert [1.0] in [r["recall"] for r in near_full]
     tiny = item_recall(model, processor, item, sparsevlm.RandomPrune(budget=2))
-    assert full["recall"] == [1.0] and full["all_kept"] == 1
     assert len(tiny["recall"]) == 1 and tiny["object_share"] <= 1.0
     no_target = {**item, "prompt": "Is there a green ring in the image?"}
     scene = synth.decode_scene(item["image"]["bytes"])
