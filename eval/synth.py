@@ -96,14 +96,18 @@ def sample_scene(rng: random.Random, n_min: int, n_max: int, grid: int = 12, cel
     return Scene(objs, grid, cell)
 
 
+def shape_mask(shape: str, cell: int) -> np.ndarray:
+    """The (cell, cell) boolean pixel mask of a shape (its 4x4 pattern scaled up)."""
+    k = cell // 4
+    return np.kron(np.array([[ch == "#" for ch in row] for row in SHAPE_MASKS[shape]]), np.ones((k, k), dtype=bool))
+
+
 def render(scene: Scene) -> np.ndarray:
     """Draw the scene as an (H, W, 3) uint8 array on a black background."""
     size = scene.grid * scene.cell
     img = np.zeros((size, size, 3), dtype=np.uint8)
-    k = scene.cell // 4
     for o in scene.objects:
-        mask = np.array([[ch == "#" for ch in row] for row in SHAPE_MASKS[o.shape]])
-        mask = np.kron(mask, np.ones((k, k), dtype=bool))
+        mask = shape_mask(o.shape, scene.cell)
         y, x = o.row * scene.cell, o.col * scene.cell
         img[y : y + scene.cell, x : x + scene.cell][mask] = COLOURS[o.colour]
     return img
@@ -119,11 +123,7 @@ def png_bytes(scene: Scene) -> bytes:
 def decode_scene(png: bytes, grid: int = 12, cell: int = 8) -> Scene:
     """Read the objects back from a rendered scene (the inverse of ``render``); raises on an unknown cell pattern."""
     img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
-    k = cell // 4
-    masks = {
-        s: np.kron(np.array([[ch == "#" for ch in row] for row in m]), np.ones((k, k), dtype=bool))
-        for s, m in SHAPE_MASKS.items()
-    }
+    masks = {s: shape_mask(s, cell) for s in SHAPES}
     colours = {rgb: name for name, rgb in COLOURS.items()}
     objs = []
     for r in range(grid):
@@ -413,8 +413,12 @@ def training_turns(scene: Scene, rng: random.Random, alignment: bool, bootstrap:
     if alignment:
         turns += [cell_qa(scene, rng) for _ in range(2)]
     if bootstrap:
-        turns += [locate_qa(scene, rng), locate_qa(scene, rng), single_attribute_qa(scene, rng)]
-        turns.append(single_attribute_qa(scene, rng))
+        turns += [
+            locate_qa(scene, rng),
+            locate_qa(scene, rng),
+            single_attribute_qa(scene, rng),
+            single_attribute_qa(scene, rng),
+        ]
     present = sorted(scene.types())
     absent = [t for t in TYPES if t not in scene.types()]
     turns.append(existence_qa(rng.choice(present), True))

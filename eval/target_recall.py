@@ -19,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
@@ -26,6 +27,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 import sparsevlm
 from eval import synth
 from eval.registry import make_method
+from eval.report import to_markdown
 from sparsevlm.methods.base import PruningMethod
 
 
@@ -53,7 +55,7 @@ def item_recall(model, processor, item: dict, method: PruningMethod) -> dict[str
     return {
         "recall": [len(targets & kept) / len(targets) for kept in stages],
         "all_kept": int(targets <= stages[-1]) if stages else 1,
-        "object_share": len(objects & stages[-1]) / max(1, len(stages[-1])) if stages else len(objects) / 144,
+        "object_share": len(objects & stages[-1]) / max(1, len(stages[-1])) if stages else len(objects) / scene.grid**2,
     }
 
 
@@ -100,14 +102,6 @@ def run(model_dir: Path, methods: list[str], budgets: list[int], per_family: int
     return rows
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    """Rows as a Markdown table."""
-    cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def main() -> None:
     """Parse arguments, measure, print a Markdown table and write JSON + Markdown."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,8 +114,9 @@ def main() -> None:
     rows = run(args.model, args.methods, args.budgets, args.per_family)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "target_recall.json").write_text(json.dumps(rows, indent=1))
-    (args.out / "target_recall.md").write_text(markdown(rows))
-    print(markdown(rows))
+    table = to_markdown(pd.DataFrame(rows).set_index("method"))
+    (args.out / "target_recall.md").write_text(table)
+    print(table)
     print(f"wrote {args.out / 'target_recall.md'} and {args.out / 'target_recall.json'}")
 
 
