@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint format clean demo reproduce-table1 report bench
+.PHONY: help install test test-fast lint format clean demo reproduce-table1 report bench train-tiny
 
 LIMIT ?=
 LAUNCHER ?= local
@@ -13,6 +13,7 @@ VERSION ?= 1.5
 EXPERIMENT ?= demo
 RESULTS ?= results/runs
 DEMO_OUT ?= results/demo
+TINY_OUT ?= models/tiny-llava
 limit_arg = $(if $(LIMIT),limit=$(LIMIT),)
 sparsevlm_config = $(if $(filter 1.0,$(VERSION)),sparsevlm_v1,$(if $(filter 2.0,$(VERSION)),sparsevlm_v2,sparsevlm))
 
@@ -48,6 +49,13 @@ demo: $(STAMP)  ## Table 1 on the embedded tiny model + bundled data, CPU (LIMIT
 	$(BIN)/python -m eval.run experiment=demo results_dir=$(RESULTS) $(limit_arg) && \
 	$(BIN)/python -m eval.report --experiment demo --results-dir $(RESULTS) --out $(DEMO_OUT) && \
 	echo "make demo: done in $$(( $$(date +%s) - start )) s"
+
+train-tiny: $(STAMP)  ## retrain the embedded tiny LLaVA on CPU, both stages of the committed recipe (~2 h; TINY_OUT=)
+	$(BIN)/python scripts/train_tiny_llava.py --out $(TINY_OUT)-stage1 --stop-after 2694 --max-minutes 1000 \
+		--eval-per-family 100
+	$(BIN)/python scripts/train_tiny_llava.py --out $(TINY_OUT) --init-from $(TINY_OUT)-stage1 --vision-steps 0 \
+		--steps 1500 --lr 1e-3 --warmup 20 --align-frac 0 --ramp-frac 0.001 --dropout-until 0 --dropout-ramp 0.001 \
+		--position-turns 4 --position-aux 1.0 --eval-every 200 --max-minutes 1000 --eval-per-family 100
 
 reproduce-table1: $(STAMP)  ## the paper's Table 1 on LLaVA-1.5-7B (GPU + HF hub; LAUNCHER=slurm, VERSION=, LIMIT=)
 	$(BIN)/python scripts/check_table1_prereqs.py --launcher $(LAUNCHER) --version $(VERSION)

@@ -403,11 +403,25 @@ def single_attribute_qa(scene: Scene, rng: random.Random) -> QA:
     return QA("align", "single", text.format(value), "yes" if value in present else "no")
 
 
-def training_turns(scene: Scene, rng: random.Random, alignment: bool, bootstrap: bool = False) -> list[QA]:
+def position_qa(scene: Scene, rng: random.Random) -> QA | None:
+    """A question that needs an object's position: where it is, a relation, or one question of an MME position pair."""
+    kind = rng.randrange(3)
+    if kind == 0:
+        return locate_qa(scene, rng)
+    if kind == 1:
+        return relation_qa(scene, rng)
+    pair = mme_pair(scene, rng, "position")
+    return None if pair is None else pair[rng.randrange(2)]
+
+
+def training_turns(
+    scene: Scene, rng: random.Random, alignment: bool, bootstrap: bool = False, position_turns: int = 0
+) -> list[QA]:
     """A bundle of questions on one training image; the alignment stage uses captions and cell questions.
 
     With ``bootstrap``, every bundle also asks where two named objects are and two single-attribute existence
-    questions: dense, easy targets that teach the model to find a visual token by its content.
+    questions: dense, easy targets that teach the model to find a visual token by its content. ``position_turns``
+    adds that many questions that need positions (where, relation, MME position) outside the alignment stage.
     """
     turns = [QA("align", "caption", "Describe the image.", caption(scene)), cell_qa(scene, rng)]
     if alignment:
@@ -437,6 +451,7 @@ def training_turns(scene: Scene, rng: random.Random, alignment: bool, bootstrap:
         pair = mme_pair(scene, rng, category)
         if pair is not None:
             turns.append(pair[rng.randrange(2)])
+    turns += [qa for qa in (position_qa(scene, rng) for _ in range(position_turns)) if qa is not None]
     return turns
 
 

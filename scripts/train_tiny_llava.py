@@ -71,6 +71,7 @@ class TrainConfig:
     dropout_ramp: float = 0.3
     ramp_frac: float = 0.4
     max_minutes: float = 62.0
+    stop_after: int = 0  # stop after this many steps (0: all of them); the schedules still span `steps`
     save_every_s: float = 300.0
     eval_every: int = 400
     init_from: str = ""  # continue from a saved model directory instead of a random init
@@ -80,6 +81,11 @@ class TrainConfig:
     freeze_vision: bool = True  # keep the (pre-trained) vision tower fixed in the LLaVA stages, like LLaVA's CLIP
     threads: int = 1
     bootstrap: bool = True  # add "Where is the X?" and single-attribute existence questions to every bundle
+    position_turns: int = 0  # extra questions per bundle that need positions (where / relation / MME position)
+    # weight of an auxiliary loss keeping each visual token's row and column linearly readable (12-way and ordinal)
+    # from the LLM's residual stream at these layers; the probe heads are dropped after training
+    position_aux: float = 0.0
+    position_aux_layers: str = "0,2,4"
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -264,8 +270,13 @@ class Packer:
         }
 
 
-def packed_logits(model: LlavaForConditionalGeneration, b: dict) -> torch.Tensor:
-    """Logits for a packed batch; image features of the kept patches are scattered into the image-token slots."""
+def packed_forward(
+    model: LlavaForConditionalGeneration, b: dict, hidden_layers: tuple[int, ...] = ()
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Logits for a packed batch, and the visual tokens' hidden states at `hidden_layers` ([kept tokens, D] each).
+
+    Image features of the kept patches are scattered into the image-token slots.
+    """
     feats = model.model.get_image_features(
         pixel_values=b["pixel_values"],
         vision_feature_layer=model.config.vision_feature_layer,
@@ -275,7 +286,34 @@ def packed_logits(model: LlavaForConditionalGeneration, b: dict) -> torch.Tensor
     is_image = b["input_ids"] == model.config.image_token_id
     embeds = model.get_input_embeddings()(b["input_ids"].masked_fill(is_image, 0))
     embeds = embeds.masked_scatter(is_image[..., None].expand_as(embeds), selected.to(embeds.dtype))
-    return model(inputs_embeds=embeds, attention_mask=b["attention_mask"], position_ids=b["position_ids"]).logits
+    out = model(
+        inputs_embeds=embeds,
+        attention_mask=b["attention_mask"],
+        position_ids=b["position_ids"],
+        output_hidden_states=bool(hidden_layers),
+    )
+    return out.logits, [out.hidden_states[k][is_image] for k in hidden_layers]
+
+
+class PositionProbe(torch.nn.Module):
+    """Training-only heads reading row and column from visual-token hidden states: 12-way and ordinal (scalar)."""
+
+    def __init__(self, hidden: int, grid: int, n_layers: int):
+        super().__init__()
+        self.grid = grid
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(hidden, 2 * grid + 2) for _ in range(n_layers))
+
+    def loss(self, hidden_states: list[torch.Tensor], cells: torch.Tensor) -> torch.Tensor:
+        """Mean over layers of cross-entropy (row, column) + MSE of the scaled row and column, for cells [N]."""
+        rows, cols = cells // self.grid, cells % self.grid
+        scalar = torch.stack([rows, cols], dim=-1).float() / (self.grid - 1) * 2 - 1
+        total = torch.zeros(())
+        for head, h in zip(self.heads, hidden_states, strict=True):
+            row_logits, col_logits, ordinal = head(h).split([self.grid, self.grid, 2], dim=-1)
+            total = total + torch.nn.functional.cross_entropy(row_logits, rows)
+            total = total + torch.nn.functional.cross_entropy(col_logits, cols)
+            total = total + torch.nn.functional.mse_loss(ordinal, scalar)
+        return total / len(self.heads)
 
 
 def to_pil(png: bytes) -> Image.Image:
@@ -443,46 +481,63 @@ def train(cfg: TrainConfig, out: Path, eval_per_family: int) -> dict:
         log["vision_pretraining"] = pretrain_vision(model, processor, cfg, rng)
     if cfg.freeze_vision:
         model.model.vision_tower.requires_grad_(False)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    aux_layers = tuple(int(k) for k in cfg.position_aux_layers.split(",")) if cfg.position_aux else ()
+    probe = PositionProbe(cfg.text_hidden, cfg.grid, len(aux_layers))
+    trainable = [p for p in model.parameters() if p.requires_grad] + list(probe.parameters())
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
     t0 = last_save = time.time()
     model.train()
-    step, running = 0, 0.0
+    done, running, running_aux = 0, 0.0, 0.0
     for step in range(cfg.steps):
         if time.time() - t0 > cfg.max_minutes * 60:
             print(f"time budget reached at step {step}", flush=True)
             break
+        if cfg.stop_after and step >= cfg.stop_after:
+            break
         n_min, n_max, align = curriculum(cfg, step)
         scenes = [synth.sample_scene(rng, n_min, n_max, cfg.grid, cfg.patch) for _ in range(cfg.batch)]
         bundles = [
-            [(format_prompt(qa, rng), qa.answer) for qa in synth.training_turns(s, rng, align, cfg.bootstrap)]
+            [
+                (format_prompt(qa, rng), qa.answer)
+                for qa in synth.training_turns(s, rng, align, cfg.bootstrap, cfg.position_turns)
+            ]
             for s in scenes
         ]
         b = packer.batch(scenes, bundles, keep_background_at(cfg, step), rng)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
-        logits = packed_logits(model, b)
+        logits, visual_hidden = packed_forward(model, b, aux_layers)
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), b["targets"].flatten(), ignore_index=-100)
         running += loss.item()
+        if aux_layers:
+            cells = torch.tensor([i for kept in b["kept"] for i in kept])
+            aux = probe.loss(visual_hidden, cells)
+            running_aux += aux.item()
+            loss = loss + cfg.position_aux * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
+        done = step + 1
         if (step + 1) % 25 == 0:
             el = time.time() - t0
-            print(f"step {step + 1} loss {running / 25:.4f} lr {lr_at(cfg, step):.2e} {el:.0f}s", flush=True)
-            log["history"].append({"step": step + 1, "loss": running / 25, "elapsed_s": round(el, 1)})
-            running = 0.0
+            aux_text = f" position_aux {running_aux / 25:.4f}" if aux_layers else ""
+            print(f"step {step + 1} loss {running / 25:.4f}{aux_text} lr {lr_at(cfg, step):.2e} {el:.0f}s", flush=True)
+            entry = {"step": step + 1, "loss": running / 25, "elapsed_s": round(el, 1)}
+            if aux_layers:
+                entry["position_aux"] = running_aux / 25
+            log["history"].append(entry)
+            running = running_aux = 0.0
         if (step + 1) % cfg.eval_every == 0:
             res = evaluate(model, processor, quick)
             print(f"eval@{step + 1} " + json.dumps(res), flush=True)
             log["evals"].append({"step": step + 1, **res})
         if time.time() - last_save > cfg.save_every_s:
-            log["steps_done"] = step + 1
+            log["steps_done"] = done
             log["train_seconds"] = round(time.time() - t0, 1)
             save(model, processor, out, log)
             last_save = time.time()
-    log["steps_done"] = step + 1
+    log["steps_done"] = done
     log["train_seconds"] = round(time.time() - t0, 1)
     save(model, processor, out, log)
     final = subsample(held_out, eval_per_family, seed=2)

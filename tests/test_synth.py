@@ -197,3 +197,24 @@ def test_bootstrap_questions_answer_from_the_scene() -> None:
                 value = qa.question.split()[3]
                 present = {o.colour for o in scene.objects} | {o.shape for o in scene.objects}
                 assert qa.answer == ("yes" if value in present else "no"), qa.question
+
+
+def test_position_turns_append_position_questions() -> None:
+    rng = random.Random(9)
+    n_extra = 0
+    for seed in range(40):
+        scene = synth.sample_scene(rng, 2, 8)
+        base = synth.training_turns(scene, random.Random(seed), alignment=False)
+        more = synth.training_turns(scene, random.Random(seed), alignment=False, position_turns=6)
+        assert more[: len(base)] == base
+        extras = more[len(base) :]
+        assert {qa.kind for qa in extras} <= {"locate", "horizontal", "vertical", "position"}
+        assert len(extras) <= 6
+        n_extra += len(extras)
+        aligned = synth.training_turns(scene, random.Random(seed), alignment=True, position_turns=6)
+        assert aligned == synth.training_turns(scene, random.Random(seed), alignment=True)
+    assert n_extra >= 0.8 * 40 * 6  # only MME position pairs need two objects apart in the same direction
+    lone = synth.sample_scene(rng, 1, 1)
+    base = synth.training_turns(lone, random.Random(0), alignment=False)
+    extras = synth.training_turns(lone, random.Random(0), alignment=False, position_turns=30)[len(base) :]
+    assert extras and {qa.kind for qa in extras} == {"locate"}

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 import sparsevlm
 from eval import synth
-from eval.target_recall import item_recall, kept_patches
+from eval.target_recall import FirstStageRecorder, attention_stats, item_recall, kept_patches
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "tiny-llava"
 
@@ -30,6 +32,45 @@ def test_kept_patches_maps_prefill_indices_to_patches() -> None:
         image_start=5,
     )
     assert kept_patches(sample) == [{0, 2, 95}]
+
+
+def test_attention_stats_of_known_maps() -> None:
+    uniform = torch.full((144,), 1 / 144)
+    assert attention_stats(uniform, {3}, {3, 50}, grid=12) == pytest.approx(
+        {"target_lift": 1.0, "object_lift": 1.0, "last_rows_share": 24 / 144}
+    )
+    peaked = torch.zeros(144)
+    peaked[140] = 1.0
+    stats = attention_stats(peaked, {140}, {3, 140}, grid=12)
+    assert stats == pytest.approx({"target_lift": 144.0, "object_lift": 72.0, "last_rows_share": 1.0})
+
+
+@pytest.mark.skipif(not (MODEL_DIR / "model.safetensors").exists(), reason="no committed tiny model")
+def test_recorder_keeps_the_decisions_and_the_first_map() -> None:
+    torch.set_num_threads(1)
+    model = LlavaForConditionalGeneration.from_pretrained(MODEL_DIR, local_files_only=True).eval()
+    processor = AutoProcessor.from_pretrained(MODEL_DIR, local_files_only=True)
+    item = next(it for it in synth.eval_items(n_pope=2, n_mme=2, n_gqa=2) if it["family"] == "attribute")
+    method = sparsevlm.SparseVLM(budget=32)
+    res = item_recall(model, processor, item, method)
+    assert res["scores"].shape == (144,) and res["scores"].sum().item() < 1.0 + 1e-4
+    assert res["target_lift"] > 0 and 0 <= res["last_rows_share"] <= 1
+    assert res["raters"] and all(isinstance(t, str) for t in res["raters"])
+    inputs = processor(
+        images=Image.open(io.BytesIO(item["image"]["bytes"])).convert("RGB"),
+        text=processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": item["prompt"]}]}],
+            add_generation_prompt=True,
+        ),
+        return_tensors="pt",
+    )
+    stages = []
+    for wrapped in (method, FirstStageRecorder(method)):
+        with torch.no_grad(), sparsevlm.attach(model, wrapped) as trace:
+            model(**inputs)
+        stages.append([(s.layer, s.kept, s.merged_groups) for s in trace.last.stages])
+    assert stages[0] == stages[1]
+    assert item_recall(model, processor, item, sparsevlm.RandomPrune(budget=32))["scores"] is None
 
 
 @pytest.mark.skipif(not (MODEL_DIR / "model.safetensors").exists(), reason="no committed tiny model")

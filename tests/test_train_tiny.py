@@ -1,0 +1,63 @@
+"""The tiny-model trainer: packed batches match plain forwards, and the position probe reads the right labels."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import torch
+
+from eval import synth
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import train_tiny_llava as trainer  # noqa: E402
+
+
+def test_packed_turns_equal_plain_forwards_and_expose_visual_hidden_states() -> None:
+    torch.set_num_threads(1)
+    cfg = trainer.TrainConfig(text_layers=2, init_std=0.08)
+    processor = trainer.build_processor(cfg)
+    model = trainer.build_model(cfg, processor.tokenizer).eval()
+    packer = trainer.Packer(cfg, processor)
+    rng = random.Random(0)
+    scenes = [synth.sample_scene(rng, 2, 4) for _ in range(2)]
+    bundles = [[(qa.question, qa.answer) for qa in synth.training_turns(s, rng, alignment=False)][:3] for s in scenes]
+    with torch.no_grad():
+        b = packer.batch(scenes, bundles)
+        logits, hidden = trainer.packed_forward(model, b, (0, 1))
+        assert [h.shape[0] for h in hidden] == [2 * 144, 2 * 144]
+        features = model.model.get_image_features(pixel_values=b["pixel_values"]).pooler_output
+        torch.testing.assert_close(hidden[0], torch.cat(list(features)))
+        offset = len(packer.prefix)
+        for question, answer in bundles[1]:
+            turn, _ = packer.turn_ids(question, answer)
+            plain = model(input_ids=torch.tensor([packer.prefix + turn]), pixel_values=b["pixel_values"][1:]).logits[
+                0, len(packer.prefix) :
+            ]
+            torch.testing.assert_close(logits[1, offset : offset + len(turn)], plain, atol=1e-4, rtol=1e-4)
+            offset += len(turn)
+
+        dropped = packer.batch(scenes, bundles, keep_background=0.2, rng=random.Random(1))
+        _, hidden = trainer.packed_forward(model, dropped, (0,))
+        assert hidden[0].shape[0] == sum(map(len, dropped["kept"])) < 2 * 144
+
+
+def test_position_probe_labels_are_row_and_column() -> None:
+    grid = 12
+    probe = trainer.PositionProbe(hidden=2 * grid + 2, grid=grid, n_layers=1)
+    with torch.no_grad():
+        probe.heads[0].weight.copy_(torch.eye(2 * grid + 2))
+        probe.heads[0].bias.zero_()
+    cells = torch.arange(grid * grid)
+    rows, cols = cells // grid, cells % grid
+    readable = torch.cat(
+        [
+            30 * torch.nn.functional.one_hot(rows, grid),
+            30 * torch.nn.functional.one_hot(cols, grid),
+            torch.stack([rows, cols], dim=-1) / (grid - 1) * 2 - 1,
+        ],
+        dim=-1,
+    ).float()
+    assert probe.loss([readable], cells).item() < 1e-6
+    assert probe.loss([readable], cells.flip(0)).item() > 10
