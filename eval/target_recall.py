@@ -77,6 +77,15 @@ def attention_stats(scores: torch.Tensor, targets: set[int], objects: set[int], 
     }
 
 
+def question_inputs(processor, question: str, png: bytes) -> dict:
+    """Processor inputs for one question on one PNG image, through the chat template."""
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
+        add_generation_prompt=True,
+    )
+    return processor(images=Image.open(io.BytesIO(png)).convert("RGB"), text=prompt, return_tensors="pt")
+
+
 def item_recall(model, processor, item: dict, method: PruningMethod) -> dict[str, Any] | None:
     """Prefill one held-out question with the method attached; recall of its target tokens after every stage.
 
@@ -87,12 +96,7 @@ def item_recall(model, processor, item: dict, method: PruningMethod) -> dict[str
     if not targets:
         return None
     objects = {o.row * scene.grid + o.col for o in scene.objects}
-    prompt = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": item["prompt"]}]}],
-        add_generation_prompt=True,
-    )
-    image = Image.open(io.BytesIO(item["image"]["bytes"])).convert("RGB")
-    inputs = processor(images=image, text=prompt, return_tensors="pt")
+    inputs = question_inputs(processor, item["prompt"], item["image"]["bytes"])
     recorder = FirstStageRecorder(method)
     with torch.no_grad(), sparsevlm.attach(model, recorder) as trace:
         model(**inputs)

@@ -12,27 +12,16 @@ from a fixed seed; one thread.
 from __future__ import annotations
 
 import argparse
-import io
 import random
 import sys
 from pathlib import Path
 
 import torch
-from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eval import synth  # noqa: E402
-
-
-def prompt_inputs(processor, scene: synth.Scene, question: str) -> dict:
-    """Processor inputs for one question on one scene, in the chat template."""
-    text = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
-        add_generation_prompt=True,
-    )
-    image = Image.open(io.BytesIO(synth.png_bytes(scene))).convert("RGB")
-    return processor(images=image, text=text, return_tensors="pt")
+from eval.target_recall import question_inputs  # noqa: E402
 
 
 def probe_accuracy(features: torch.Tensor, labels: torch.Tensor, train_frac: float = 0.7) -> float:
@@ -77,7 +66,7 @@ def main() -> None:
     rows_ok = cols_ok = 0
     for scene in scenes[:30]:
         qa = synth.locate_qa(scene, rng)
-        inputs = prompt_inputs(processor, scene, qa.question)
+        inputs = question_inputs(processor, qa.question, synth.png_bytes(scene))
         out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
         said = processor.decode(out[0, inputs.input_ids.shape[1] :], skip_special_tokens=True).split()
         truth = qa.answer.split()
@@ -88,7 +77,7 @@ def main() -> None:
     stages: dict[str, list[torch.Tensor]] = {}
     cells = []
     for scene in scenes:
-        inputs = prompt_inputs(processor, scene, "Describe the image.")
+        inputs = question_inputs(processor, "Describe the image.", synth.png_bytes(scene))
         tower = model.model.vision_tower(inputs.pixel_values, output_hidden_states=True).hidden_states[-1][0, 1:]
         hidden = model(**inputs, output_hidden_states=True).hidden_states
         start = inputs.input_ids[0].tolist().index(image_id)
@@ -111,7 +100,9 @@ def main() -> None:
         if qa is None:
             continue
         first, second = named_objects(scene, qa.question)
-        hidden = model(**prompt_inputs(processor, scene, qa.question), output_hidden_states=True).hidden_states
+        hidden = model(
+            **question_inputs(processor, qa.question, synth.png_bytes(scene)), output_hidden_states=True
+        ).hidden_states
         answer_states.append(torch.stack([h[0, -1] for h in hidden]))
         labels.append((first.row, first.col, second.row, second.col))
     states, lab = torch.stack(answer_states), torch.tensor(labels)
@@ -127,7 +118,7 @@ def main() -> None:
         if qa is None:
             continue
         (target,) = synth.question_targets(scene, qa.question)
-        inputs = prompt_inputs(processor, scene, qa.question)
+        inputs = question_inputs(processor, qa.question, synth.png_bytes(scene))
         start = inputs.input_ids[0].tolist().index(image_id)
         attentions = model(**inputs, output_attentions=True).attentions
         position = start + target.row * scene.grid + target.col

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 import sparsevlm
 from eval import synth
-from eval.target_recall import FirstStageRecorder, attention_stats, item_recall, kept_patches
+from eval.target_recall import FirstStageRecorder, attention_stats, item_recall, kept_patches, question_inputs
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "tiny-llava"
 
@@ -45,25 +43,25 @@ def test_attention_stats_of_known_maps() -> None:
     assert stats == pytest.approx({"target_lift": 144.0, "object_lift": 72.0, "last_rows_share": 1.0})
 
 
-@pytest.mark.skipif(not (MODEL_DIR / "model.safetensors").exists(), reason="no committed tiny model")
-def test_recorder_keeps_the_decisions_and_the_first_map() -> None:
+@pytest.fixture(scope="module")
+def tiny() -> tuple[LlavaForConditionalGeneration, AutoProcessor]:
+    """The committed tiny model and its processor (skips when absent)."""
+    if not (MODEL_DIR / "model.safetensors").exists():
+        pytest.skip("no committed tiny model")
     torch.set_num_threads(1)
     model = LlavaForConditionalGeneration.from_pretrained(MODEL_DIR, local_files_only=True).eval()
-    processor = AutoProcessor.from_pretrained(MODEL_DIR, local_files_only=True)
+    return model, AutoProcessor.from_pretrained(MODEL_DIR, local_files_only=True)
+
+
+def test_recorder_keeps_the_decisions_and_the_first_map(tiny) -> None:
+    model, processor = tiny
     item = next(it for it in synth.eval_items(n_pope=2, n_mme=2, n_gqa=2) if it["family"] == "attribute")
     method = sparsevlm.SparseVLM(budget=32)
     res = item_recall(model, processor, item, method)
     assert res["scores"].shape == (144,) and res["scores"].sum().item() < 1.0 + 1e-4
     assert res["target_lift"] > 0 and 0 <= res["last_rows_share"] <= 1
     assert res["raters"] and all(isinstance(t, str) for t in res["raters"])
-    inputs = processor(
-        images=Image.open(io.BytesIO(item["image"]["bytes"])).convert("RGB"),
-        text=processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": item["prompt"]}]}],
-            add_generation_prompt=True,
-        ),
-        return_tensors="pt",
-    )
+    inputs = question_inputs(processor, item["prompt"], item["image"]["bytes"])
     stages = []
     for wrapped in (method, FirstStageRecorder(method)):
         with torch.no_grad(), sparsevlm.attach(model, wrapped) as trace:
@@ -73,11 +71,8 @@ def test_recorder_keeps_the_decisions_and_the_first_map() -> None:
     assert item_recall(model, processor, item, sparsevlm.RandomPrune(budget=32))["scores"] is None
 
 
-@pytest.mark.skipif(not (MODEL_DIR / "model.safetensors").exists(), reason="no committed tiny model")
-def test_recall_of_a_real_prefill() -> None:
-    torch.set_num_threads(1)
-    model = LlavaForConditionalGeneration.from_pretrained(MODEL_DIR, local_files_only=True).eval()
-    processor = AutoProcessor.from_pretrained(MODEL_DIR, local_files_only=True)
+def test_recall_of_a_real_prefill(tiny) -> None:
+    model, processor = tiny
     item = next(it for it in synth.eval_items(n_pope=2, n_mme=2, n_gqa=2) if it["family"] == "relation")
     # dropping one of 144 tokens removes at most one of the two related objects, and which one depends on the seed
     near_full = [item_recall(model, processor, item, sparsevlm.RandomPrune(budget=143, seed=s)) for s in range(6)]
