@@ -31,6 +31,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 import sparsevlm
 from eval import synth
+from eval.chat import question_inputs
 from eval.registry import make_method
 from eval.report import to_markdown
 from sparsevlm.methods.base import Plan, PruningMethod, StageDecision, StageInput
@@ -75,15 +76,6 @@ def attention_stats(scores: torch.Tensor, targets: set[int], objects: set[int], 
         "object_lift": (scores[sorted(objects)].mean() / mean).item(),
         "last_rows_share": (scores[-2 * grid :].sum() / scores.sum()).item(),
     }
-
-
-def question_inputs(processor, question: str, png: bytes) -> dict:
-    """Processor inputs for one question on one PNG image, through the chat template."""
-    prompt = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
-        add_generation_prompt=True,
-    )
-    return processor(images=Image.open(io.BytesIO(png)).convert("RGB"), text=prompt, return_tensors="pt")
 
 
 def item_recall(model, processor, item: dict, method: PruningMethod) -> dict[str, Any] | None:

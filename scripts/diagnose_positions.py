@@ -21,7 +21,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eval import synth  # noqa: E402
-from eval.target_recall import question_inputs  # noqa: E402
+from eval.chat import greedy_answer, question_inputs  # noqa: E402
 
 
 def probe_accuracy(features: torch.Tensor, labels: torch.Tensor, train_frac: float = 0.7) -> float:
@@ -43,8 +43,7 @@ def probe_accuracy(features: torch.Tensor, labels: torch.Tensor, train_frac: flo
 
 def named_objects(scene: synth.Scene, question: str) -> list[synth.Obj]:
     """The objects a relation question names, in the order it names them."""
-    names = [o.name for o in scene.objects if o.name in question]
-    return sorted((o for o in scene.objects if o.name in names), key=lambda o: question.index(o.name))
+    return sorted((o for o in scene.objects if o.name in question), key=lambda o: question.index(o.name))
 
 
 @torch.no_grad()
@@ -66,9 +65,7 @@ def main() -> None:
     rows_ok = cols_ok = 0
     for scene in scenes[:30]:
         qa = synth.locate_qa(scene, rng)
-        inputs = question_inputs(processor, qa.question, synth.png_bytes(scene))
-        out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
-        said = processor.decode(out[0, inputs.input_ids.shape[1] :], skip_special_tokens=True).split()
+        said = greedy_answer(model, processor, qa.question, synth.png_bytes(scene), max_new_tokens=6).split()
         truth = qa.answer.split()
         rows_ok += said[:2] == truth[:2]
         cols_ok += said[2:4] == truth[2:4]
@@ -88,11 +85,11 @@ def main() -> None:
                 h[0, [start + i for i in index]]
             )
         cells += index
-    cells_t = torch.tensor(cells)
+    cells_t, grid = torch.tensor(cells), scenes[0].grid
     print(f"object-token probes ({len(cells)} objects): row / column accuracy")
     for stage, feats in stages.items():
         x = torch.cat(feats)
-        print(f"  {stage:12s} {probe_accuracy(x, cells_t // 12):.2f} / {probe_accuracy(x, cells_t % 12):.2f}")
+        print(f"  {stage:12s} {probe_accuracy(x, cells_t // grid):.2f} / {probe_accuracy(x, cells_t % grid):.2f}")
 
     answer_states, labels = [], []
     for scene in scenes:

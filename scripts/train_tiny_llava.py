@@ -34,6 +34,7 @@ from transformers import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eval import synth  # noqa: E402
+from eval.chat import greedy_answer  # noqa: E402
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
@@ -421,13 +422,7 @@ def evaluate(model: LlavaForConditionalGeneration, processor: LlavaProcessor, it
     hits: dict[str, list[int]] = defaultdict(list)
     pairs: dict[str, list[int]] = defaultdict(list)
     for it in items:
-        prompt = processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": it["prompt"]}]}],
-            add_generation_prompt=True,
-        )
-        inputs = processor(images=to_pil(it["image"]["bytes"]), text=prompt, return_tensors="pt")
-        out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
-        pred = processor.decode(out[0, inputs.input_ids.shape[1] :], skip_special_tokens=True)
+        pred = greedy_answer(model, processor, it["prompt"], it["image"]["bytes"])
         ok = int(normalise(pred) == normalise(it["answer"]))
         hits[it["family"]].append(ok)
         if "pair" in it:

@@ -10,7 +10,8 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 import sparsevlm
 from eval import synth
-from eval.target_recall import FirstStageRecorder, attention_stats, item_recall, kept_patches, question_inputs
+from eval.chat import question_inputs
+from eval.target_recall import FirstStageRecorder, attention_stats, item_recall, kept_patches
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "tiny-llava"
 

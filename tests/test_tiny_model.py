@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import random
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from eval import synth
+from eval.chat import greedy_answer
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "tiny-llava"
 PER_FAMILY = 8  # the first held-out questions of each family
@@ -32,17 +32,6 @@ def loaded() -> tuple[LlavaForConditionalGeneration, AutoProcessor]:
     model = LlavaForConditionalGeneration.from_pretrained(MODEL_DIR, local_files_only=True).eval()
     processor = AutoProcessor.from_pretrained(MODEL_DIR, local_files_only=True)
     return model, processor
-
-
-def _answer(
-    model: LlavaForConditionalGeneration, processor: AutoProcessor, image: bytes, question: str, max_new_tokens: int = 8
-) -> str:
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    inputs = processor(images=Image.open(io.BytesIO(image)).convert("RGB"), text=prompt, return_tensors="pt")
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return processor.decode(out[0, inputs.input_ids.shape[1] :], skip_special_tokens=True).strip()
 
 
 def test_model_shape_and_size(loaded: tuple) -> None:
@@ -69,7 +58,7 @@ def test_describes_held_out_scenes(loaded: tuple) -> None:
     for _ in range(N_SCENES):
         scene = synth.sample_scene(rng, 3, 8)
         right.append(
-            _answer(model, processor, synth.png_bytes(scene), "Describe the image.", 24) == synth.caption(scene)
+            greedy_answer(model, processor, "Describe the image.", synth.png_bytes(scene), 24) == synth.caption(scene)
         )
     assert sum(right) >= MIN_CAPTIONS_RIGHT, right
 
@@ -80,7 +69,7 @@ def test_answers_fixed_held_out_questions(loaded: tuple, family: str) -> None:
     fixed = [x for x in synth.eval_items() if x["family"] == family][:PER_FAMILY]
     wrong = []
     for item in fixed:
-        got = _answer(model, processor, item["image"]["bytes"], item["prompt"])
+        got = greedy_answer(model, processor, item["prompt"], item["image"]["bytes"])
         if got.lower() != item["answer"].lower():
             wrong.append((item["prompt"].splitlines()[0], got, item["answer"]))
     assert len(fixed) - len(wrong) >= MIN_CORRECT[family], wrong
