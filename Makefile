@@ -15,6 +15,9 @@ RESULTS ?= results/runs
 DEMO_OUT ?= results/demo
 TINY_OUT ?= models/tiny-llava
 limit_arg = $(if $(LIMIT),limit=$(LIMIT),)
+# a continuation stage of the tiny LLaVA: no vision pre-training, short warm-up, every curriculum already at its end
+continue_flags = --vision-steps 0 --steps 1500 --lr 1e-3 --warmup 20 --align-frac 0 --ramp-frac 0.001 \
+	--dropout-until 0 --dropout-ramp 0.001
 sparsevlm_config = $(if $(filter 1.0,$(VERSION)),sparsevlm_v1,$(if $(filter 2.0,$(VERSION)),sparsevlm_v2,sparsevlm))
 
 help:  ## list the targets
@@ -50,12 +53,14 @@ demo: $(STAMP)  ## Table 1 on the embedded tiny model + bundled data, CPU (LIMIT
 	$(BIN)/python -m eval.report --experiment demo --results-dir $(RESULTS) --out $(DEMO_OUT) && \
 	echo "make demo: done in $$(( $$(date +%s) - start )) s"
 
-train-tiny: $(STAMP)  ## retrain the embedded tiny LLaVA on CPU, both stages of the committed recipe (~2 h; TINY_OUT=)
+train-tiny: $(STAMP)  ## retrain the embedded tiny LLaVA on CPU, all three stages of the committed recipe (~3 h; TINY_OUT=)
 	$(BIN)/python scripts/train_tiny_llava.py --out $(TINY_OUT)-stage1 --stop-after 2694 --max-minutes 1000 \
 		--eval-per-family 100
-	$(BIN)/python scripts/train_tiny_llava.py --out $(TINY_OUT) --init-from $(TINY_OUT)-stage1 --vision-steps 0 \
-		--steps 1500 --lr 1e-3 --warmup 20 --align-frac 0 --ramp-frac 0.001 --dropout-until 0 --dropout-ramp 0.001 \
+	$(BIN)/python scripts/train_tiny_llava.py --out $(TINY_OUT)-stage2 --init-from $(TINY_OUT)-stage1 $(continue_flags) \
 		--position-turns 4 --position-aux 1.0 --eval-every 200 --max-minutes 1000 --eval-per-family 100
+	$(BIN)/python scripts/train_tiny_llava.py --out $(TINY_OUT) --init-from $(TINY_OUT)-stage2 $(continue_flags) \
+		--position-turns 4 --position-aux 1.0 --mention-aux 1.0 --answer-aux 1.0 --eval-every 250 --max-minutes 1000 \
+		--eval-per-family 100
 
 reproduce-table1: $(STAMP)  ## the paper's Table 1 on LLaVA-1.5-7B (GPU + HF hub; LAUNCHER=slurm, VERSION=, LIMIT=)
 	$(BIN)/python scripts/check_table1_prereqs.py --launcher $(LAUNCHER) --version $(VERSION)

@@ -5,12 +5,14 @@ Schema (version 1):
   metrics {lmms task: {metric: value}}, primary {column, value, metrics, combine, scale},
   efficiency (Efficiency: means/medians over samples, computed from the per-sample traces),
   status "ok" | "failed" | "running", error, is_full_eval (limit is null),
-  provenance (Provenance: git SHA + dirty flag, package versions, device, seed, Slurm ids, start/end times),
+  provenance (Provenance: git SHA + dirty flag, package versions, device, seed, Slurm ids, start/end times,
+  a fingerprint of a local checkpoint),
   wandb {status, dir, error} when a W&B logger ran.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -43,6 +45,7 @@ class Provenance:
     command: str
     started_at: str
     finished_at: str | None = None
+    model_fingerprint: str | None = None  # of a local checkpoint directory (see model_fingerprint); None for hub ids
 
 
 @dataclass
@@ -117,10 +120,31 @@ def read_record(path: Path) -> RunRecord | None:
         return None
 
 
-def is_complete(path: Path) -> bool:
-    """A cell is complete when its record exists and says ok."""
+def is_complete(path: Path, fingerprint: str | None = None) -> bool:
+    """A cell is complete when its record exists, says ok and was made from the same checkpoint (``fingerprint``)."""
     record = read_record(path)
-    return record is not None and record.status == "ok"
+    return record is not None and record.status == "ok" and record.provenance.model_fingerprint == fingerprint
+
+
+def model_fingerprint(pretrained: str, sample_bytes: int = 1 << 20) -> str | None:
+    """A hash identifying a local checkpoint directory's contents; None for a hub id (its revision names it).
+
+    Covers every file's name and size, config files whole, and the first and last ``sample_bytes`` of weight files, so
+    retraining a local model invalidates its records without hashing gigabytes.
+    """
+    root = Path(pretrained)
+    if not root.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(root)}\0{size}\0".encode())
+        with path.open("rb") as f:
+            if path.suffix in (".safetensors", ".bin", ".pt", ".pth") and size > 2 * sample_bytes:
+                digest.update(f.read(sample_bytes))
+                f.seek(size - sample_bytes)
+            digest.update(f.read())
+    return digest.hexdigest()[:16]
 
 
 def _git(*args: str) -> str | None:
@@ -131,7 +155,7 @@ def _git(*args: str) -> str | None:
         return None
 
 
-def capture_provenance(seed: int, device: str, command: str) -> Provenance:
+def capture_provenance(seed: int, device: str, command: str, model_fingerprint: str | None = None) -> Provenance:
     """Git state, package versions, host, Slurm ids and the start time of this process's run."""
     packages = {}
     for name in PACKAGES:
@@ -152,6 +176,7 @@ def capture_provenance(seed: int, device: str, command: str) -> Provenance:
         slurm={key.lower(): os.environ.get(key) for key in slurm_keys},
         command=command,
         started_at=now(),
+        model_fingerprint=model_fingerprint,
     )
 
 

@@ -20,7 +20,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from eval.config import ConfigError, RunSpec, spec_from_config
-from eval.records import RunRecord, aggregate_efficiency, capture_provenance, is_complete, now, write_record
+from eval.records import (
+    RunRecord,
+    aggregate_efficiency,
+    capture_provenance,
+    is_complete,
+    model_fingerprint,
+    now,
+    read_record,
+    write_record,
+)
 
 log = logging.getLogger("eval.run")
 
@@ -128,9 +137,13 @@ def run_cell(cfg: DictConfig) -> RunRecord:
     spec = spec_from_config(cfg)
     preflight(spec)
     record_path = spec.run_dir / "record.json"
-    if not spec.force and is_complete(record_path):
+    fingerprint = model_fingerprint(spec.model.pretrained)
+    if not spec.force and is_complete(record_path, fingerprint):
         log.info("skip %s: complete record at %s (force=true reruns)", spec.run_id, record_path)
         return RunRecord.from_dict(json.loads(record_path.read_text()))
+    previous = read_record(record_path)
+    if not spec.force and previous is not None and previous.status == "ok":
+        log.info("rerun %s: the checkpoint %s changed since its record", spec.run_id, spec.model.pretrained)
     device = resolve_device(spec.model.device)
     if spec.cpu_threads is not None:
         import torch
@@ -143,7 +156,7 @@ def run_cell(cfg: DictConfig) -> RunRecord:
         grid=spec.grid,
         config=config,
         status="running",
-        provenance=capture_provenance(spec.seed, device, " ".join(sys.argv)),
+        provenance=capture_provenance(spec.seed, device, " ".join(sys.argv), fingerprint),
         is_full_eval=spec.limit is None,
     )
     spec.run_dir.mkdir(parents=True, exist_ok=True)

@@ -87,6 +87,14 @@ class TrainConfig:
     # from the LLM's residual stream at these layers; the probe heads are dropped after training
     position_aux: float = 0.0
     position_aux_layers: str = "0,2,4"
+    # weight of an auxiliary loss making the question token that names an object (the "circle" of "the red circle")
+    # carry that object's row and column at these layers: supervises the look-up that relation questions need
+    mention_aux: float = 0.0
+    mention_aux_layers: str = "2,4"
+    # weight of an auxiliary loss making the token that predicts the answer of a two-object question carry the row and
+    # column of the first- and of the second-named object at these layers: the role-bound read-out a relation needs
+    answer_aux: float = 0.0
+    answer_aux_layers: str = "5,6"
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -174,6 +182,23 @@ def build_model(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast) -> LlavaFo
     return model
 
 
+def mention_cells(tokens: list[str], scene: synth.Scene) -> list[tuple[int, int]]:
+    """(token index, cell) for each token closing a name of exactly one object of the scene ("red circle", "circle",
+    "red object"); plurals and names of absent or repeated objects are skipped."""
+    out = []
+    for i, word in enumerate(tokens):
+        if word not in synth.SHAPES and word != "object":
+            continue
+        colour = tokens[i - 1] if i and tokens[i - 1] in synth.COLOURS else None
+        shape = None if word == "object" else word
+        if colour is None and shape is None:
+            continue
+        named = [o for o in scene.objects if colour in (None, o.colour) and shape in (None, o.shape)]
+        if len(named) == 1:
+            out.append((i, named[0].row * scene.grid + named[0].col))
+    return out
+
+
 def format_prompt(qa: synth.QA, rng: random.Random) -> str:
     """The question text as the lmms-eval tasks send it (post-prompt added to most questions)."""
     if qa.family == "mme":
@@ -221,6 +246,10 @@ class Packer:
     ) -> dict[str, torch.Tensor]:
         """Pack each scene's (prompt, answer) turns after its image prefix.
 
+        ``mentions`` lists (row, sequence index, cell) for each question token naming one object (see mention_cells);
+        ``pairs`` lists (row, index of the token predicting the answer, first cell, second cell) for each question
+        naming exactly two objects.
+
         With keep_background < 1, background patches are dropped at random (object patches always stay) while every
         kept token keeps its full-sequence position id: a token-dropout curriculum that makes early training easier.
         """
@@ -228,8 +257,8 @@ class Packer:
         first = self.prefix.index(image_id)
         n_img = self.cfg.grid * self.cfg.grid
         p = len(self.prefix)
-        seqs, pos, seg, tgt, kept_lists = [], [], [], [], []
-        for scene, bundle in zip(scenes, bundles, strict=True):
+        seqs, pos, seg, tgt, kept_lists, mentions, pairs = [], [], [], [], [], [], []
+        for row, (scene, bundle) in enumerate(zip(scenes, bundles, strict=True)):
             objects = {o.row * scene.grid + o.col for o in scene.objects}
             kept = [i for i in range(n_img) if i in objects or keep_background >= 1 or rng.random() < keep_background]
             ids = self.prefix[:first] + [image_id] * len(kept) + self.prefix[first + n_img :]
@@ -237,6 +266,12 @@ class Packer:
             segments, targets = [0] * len(ids), [-100] * len(ids)
             for k, (question, answer) in enumerate(bundle, start=1):
                 t, a0 = self.turn_ids(question, answer)
+                tokens = self.tok.convert_ids_to_tokens(t[:a0])
+                named = mention_cells(tokens, scene)
+                mentions += [(row, len(ids) + i, cell) for i, cell in named]
+                cells = list(dict.fromkeys(cell for _, cell in named))
+                if len(cells) == 2:
+                    pairs.append((row, len(ids) + a0 - 1, *cells))
                 ids += t
                 positions += list(range(p, p + len(t)))
                 segments += [k] * len(t)
@@ -268,13 +303,15 @@ class Packer:
             "targets": targets,
             "pixel_values": pixel_values,
             "kept": kept_lists,
+            "mentions": torch.tensor(mentions, dtype=torch.long).reshape(-1, 3),
+            "pairs": torch.tensor(pairs, dtype=torch.long).reshape(-1, 4),
         }
 
 
 def packed_forward(
     model: LlavaForConditionalGeneration, b: dict, hidden_layers: tuple[int, ...] = ()
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Logits for a packed batch, and the visual tokens' hidden states at `hidden_layers` ([kept tokens, D] each).
+    """Logits for a packed batch, and its hidden states at `hidden_layers` ([B, L, D] each).
 
     Image features of the kept patches are scattered into the image-token slots.
     """
@@ -293,7 +330,7 @@ def packed_forward(
         position_ids=b["position_ids"],
         output_hidden_states=bool(hidden_layers),
     )
-    return out.logits, [out.hidden_states[k][is_image] for k in hidden_layers]
+    return out.logits, [out.hidden_states[k] for k in hidden_layers]
 
 
 class PositionProbe(torch.nn.Module):
@@ -304,17 +341,27 @@ class PositionProbe(torch.nn.Module):
         self.grid = grid
         self.heads = torch.nn.ModuleList(torch.nn.Linear(hidden, 2 * grid + 2) for _ in range(n_layers))
 
-    def loss(self, hidden_states: list[torch.Tensor], cells: torch.Tensor) -> torch.Tensor:
-        """Mean over layers of cross-entropy (row, column) + MSE of the scaled row and column, for cells [N]."""
-        rows, cols = cells // self.grid, cells % self.grid
-        scalar = torch.stack([rows, cols], dim=-1).float() / (self.grid - 1) * 2 - 1
+    def loss(self, hidden_states: list[torch.Tensor], cells: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """Mean over heads of cross-entropy (row, column) + MSE of the scaled row and column.
+
+        ``cells`` [N] labels every head's input alike; a list gives each head its own labels.
+        """
+        labels = cells if isinstance(cells, list) else [cells] * len(self.heads)
         total = torch.zeros(())
-        for head, h in zip(self.heads, hidden_states, strict=True):
+        for head, h, cell in zip(self.heads, hidden_states, labels, strict=True):
+            rows, cols = cell // self.grid, cell % self.grid
+            scalar = torch.stack([rows, cols], dim=-1).float() / (self.grid - 1) * 2 - 1
             row_logits, col_logits, ordinal = head(h).split([self.grid, self.grid, 2], dim=-1)
             total = total + torch.nn.functional.cross_entropy(row_logits, rows)
             total = total + torch.nn.functional.cross_entropy(col_logits, cols)
             total = total + torch.nn.functional.mse_loss(ordinal, scalar)
         return total / len(self.heads)
+
+    @torch.no_grad()
+    def column_accuracy(self, hidden: torch.Tensor, cells: torch.Tensor) -> float:
+        """Share of cells whose column the last head reads right from `hidden` [N, D]."""
+        col_logits = self.heads[-1](hidden)[:, self.grid : 2 * self.grid]
+        return (col_logits.argmax(-1) == cells % self.grid).float().mean().item()
 
 
 def to_pil(png: bytes) -> Image.Image:
@@ -477,12 +524,21 @@ def train(cfg: TrainConfig, out: Path, eval_per_family: int) -> dict:
     if cfg.freeze_vision:
         model.model.vision_tower.requires_grad_(False)
     aux_layers = tuple(int(k) for k in cfg.position_aux_layers.split(",")) if cfg.position_aux else ()
+    mention_layers = tuple(int(k) for k in cfg.mention_aux_layers.split(",")) if cfg.mention_aux else ()
     probe = PositionProbe(cfg.text_hidden, cfg.grid, len(aux_layers))
-    trainable = [p for p in model.parameters() if p.requires_grad] + list(probe.parameters())
+    answer_layers = tuple(int(k) for k in cfg.answer_aux_layers.split(",")) if cfg.answer_aux else ()
+    mention_probe = PositionProbe(cfg.text_hidden, cfg.grid, len(mention_layers))
+    # one head set for the first-named object, one for the second
+    answer_probe = PositionProbe(cfg.text_hidden, cfg.grid, 2 * len(answer_layers))
+    hidden_layers = tuple(sorted(set(aux_layers) | set(mention_layers) | set(answer_layers)))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for head in (probe, mention_probe, answer_probe):
+        trainable += list(head.parameters())
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
     t0 = last_save = time.time()
     model.train()
-    done, running, running_aux = 0, 0.0, 0.0
+    done, running = 0, 0.0
+    running_aux: dict[str, float] = defaultdict(float)
     for step in range(cfg.steps):
         if time.time() - t0 > cfg.max_minutes * 60:
             print(f"time budget reached at step {step}", flush=True)
@@ -501,14 +557,30 @@ def train(cfg: TrainConfig, out: Path, eval_per_family: int) -> dict:
         b = packer.batch(scenes, bundles, keep_background_at(cfg, step), rng)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
-        logits, visual_hidden = packed_forward(model, b, aux_layers)
+        logits, hidden = packed_forward(model, b, hidden_layers)
+        hidden_at = dict(zip(hidden_layers, hidden, strict=True))
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), b["targets"].flatten(), ignore_index=-100)
         running += loss.item()
         if aux_layers:
+            is_image = b["input_ids"] == model.config.image_token_id
             cells = torch.tensor([i for kept in b["kept"] for i in kept])
-            aux = probe.loss(visual_hidden, cells)
-            running_aux += aux.item()
+            aux = probe.loss([hidden_at[k][is_image] for k in aux_layers], cells)
+            running_aux["position_aux"] += aux.item()
             loss = loss + cfg.position_aux * aux
+        if mention_layers and len(b["mentions"]):
+            rows, index, cells = b["mentions"].unbind(-1)
+            at_mentions = [hidden_at[k][rows, index] for k in mention_layers]
+            aux = mention_probe.loss(at_mentions, cells)
+            running_aux["mention_aux"] += aux.item()
+            running_aux["mention_col_acc"] += mention_probe.column_accuracy(at_mentions[-1], cells)
+            loss = loss + cfg.mention_aux * aux
+        if answer_layers and len(b["pairs"]):
+            rows, index, first, second = b["pairs"].unbind(-1)
+            at_answer = [hidden_at[k][rows, index] for k in answer_layers]
+            n = len(answer_layers)
+            aux = answer_probe.loss(at_answer + at_answer, [first] * n + [second] * n)
+            running_aux["answer_aux"] += aux.item()
+            loss = loss + cfg.answer_aux * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -516,13 +588,11 @@ def train(cfg: TrainConfig, out: Path, eval_per_family: int) -> dict:
         done = step + 1
         if (step + 1) % 25 == 0:
             el = time.time() - t0
-            aux_text = f" position_aux {running_aux / 25:.4f}" if aux_layers else ""
+            aux_means = {k: round(v / 25, 4) for k, v in running_aux.items()}
+            aux_text = "".join(f" {k} {v:.4f}" for k, v in aux_means.items())
             print(f"step {step + 1} loss {running / 25:.4f}{aux_text} lr {lr_at(cfg, step):.2e} {el:.0f}s", flush=True)
-            entry = {"step": step + 1, "loss": running / 25, "elapsed_s": round(el, 1)}
-            if aux_layers:
-                entry["position_aux"] = running_aux / 25
-            log["history"].append(entry)
-            running = running_aux = 0.0
+            log["history"].append({"step": step + 1, "loss": running / 25, "elapsed_s": round(el, 1)} | aux_means)
+            running, running_aux = 0.0, defaultdict(float)
         if (step + 1) % cfg.eval_every == 0:
             res = evaluate(model, processor, quick)
             print(f"eval@{step + 1} " + json.dumps(res), flush=True)

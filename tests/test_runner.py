@@ -193,3 +193,21 @@ def test_cli_config_error_is_one_line_and_exit_code_2(tmp_path):
     assert out.stderr.strip().splitlines()[-1] == (
         "config error: budget: dense keeps every visual token, so budget must be null (got 64)"
     )
+
+
+def test_a_changed_local_checkpoint_reruns_its_cells(tmp_path, monkeypatch):
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    (checkpoint / "model.safetensors").write_bytes(bytes(3 << 20))
+    calls = []
+    monkeypatch.setattr(runner, "evaluate", _fake_evaluate(calls))
+    first = runner.run_cell(_cfg(tmp_path, f"model.pretrained={checkpoint}"))
+    runner.run_cell(_cfg(tmp_path, f"model.pretrained={checkpoint}"))
+    assert calls == [first.run_id] and first.provenance.model_fingerprint
+    weights = bytearray(3 << 20)
+    weights[-1] = 1  # a retrained model of the same size: only its tail differs
+    (checkpoint / "model.safetensors").write_bytes(bytes(weights))
+    rerun = runner.run_cell(_cfg(tmp_path, f"model.pretrained={checkpoint}"))
+    assert calls == [first.run_id, first.run_id]
+    assert rerun.provenance.model_fingerprint != first.provenance.model_fingerprint

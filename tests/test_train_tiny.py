@@ -26,6 +26,8 @@ def test_packed_turns_equal_plain_forwards_and_expose_visual_hidden_states() -> 
     with torch.no_grad():
         b = packer.batch(scenes, bundles)
         logits, hidden = trainer.packed_forward(model, b, (0, 1))
+        is_image = b["input_ids"] == model.config.image_token_id
+        hidden = [h[is_image] for h in hidden]
         assert [h.shape[0] for h in hidden] == [2 * 144, 2 * 144]
         features = model.model.get_image_features(pixel_values=b["pixel_values"]).pooler_output
         torch.testing.assert_close(hidden[0], torch.cat(list(features)))
@@ -40,7 +42,8 @@ def test_packed_turns_equal_plain_forwards_and_expose_visual_hidden_states() -> 
 
         dropped = packer.batch(scenes, bundles, keep_background=0.2, rng=random.Random(1))
         _, hidden = trainer.packed_forward(model, dropped, (0,))
-        assert hidden[0].shape[0] == sum(map(len, dropped["kept"])) < 2 * 144
+        visual = hidden[0][dropped["input_ids"] == model.config.image_token_id]
+        assert visual.shape[0] == sum(map(len, dropped["kept"])) < 2 * 144
 
 
 def test_position_probe_labels_are_row_and_column() -> None:
@@ -61,3 +64,25 @@ def test_position_probe_labels_are_row_and_column() -> None:
     ).float()
     assert probe.loss([readable], cells).item() < 1e-6
     assert probe.loss([readable], cells.flip(0)).item() > 10
+
+
+def test_mentions_point_at_the_token_closing_a_unique_object_name() -> None:
+    scene = synth.Scene(
+        (synth.Obj("red", "circle", 1, 2), synth.Obj("red", "square", 5, 7), synth.Obj("blue", "ring", 9, 0))
+    )
+    cfg = trainer.TrainConfig()
+    packer = trainer.Packer(cfg, trainer.build_processor(cfg))
+    bundle = [
+        ("Is the red circle to the left of the blue ring?", "left"),
+        ("How many circles are there? What color is the ring? Is there a red object?", "1"),
+        ("What shape is the blue object? Is there a green circle?", "ring"),
+    ]
+    b = packer.batch([scene], [bundle])
+    tokens = packer.tok.convert_ids_to_tokens(b["input_ids"][0].tolist())
+    found = [(tokens[i - 1], tokens[i], divmod(cell, 12)) for _, i, cell in b["mentions"].tolist()]
+    assert found == [
+        ("red", "circle", (1, 2)),
+        ("blue", "ring", (9, 0)),
+        ("the", "ring", (9, 0)),
+        ("blue", "object", (9, 0)),
+    ]
