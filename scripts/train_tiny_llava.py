@@ -364,6 +364,11 @@ class PositionProbe(torch.nn.Module):
         return (col_logits.argmax(-1) == cells % self.grid).float().mean().item()
 
 
+def probe_layers(layers: str, weight: float) -> tuple[int, ...]:
+    """Hidden-state indices ("0,2,4": 0 is the LLM's input) an auxiliary probe reads; none when its weight is 0."""
+    return tuple(int(k) for k in layers.split(",")) if weight else ()
+
+
 def to_pil(png: bytes) -> Image.Image:
     """Decode PNG bytes to an RGB PIL image."""
     return Image.open(io.BytesIO(png)).convert("RGB")
@@ -523,10 +528,10 @@ def train(cfg: TrainConfig, out: Path, eval_per_family: int) -> dict:
         log["vision_pretraining"] = pretrain_vision(model, processor, cfg, rng)
     if cfg.freeze_vision:
         model.model.vision_tower.requires_grad_(False)
-    aux_layers = tuple(int(k) for k in cfg.position_aux_layers.split(",")) if cfg.position_aux else ()
-    mention_layers = tuple(int(k) for k in cfg.mention_aux_layers.split(",")) if cfg.mention_aux else ()
+    aux_layers = probe_layers(cfg.position_aux_layers, cfg.position_aux)
+    mention_layers = probe_layers(cfg.mention_aux_layers, cfg.mention_aux)
+    answer_layers = probe_layers(cfg.answer_aux_layers, cfg.answer_aux)
     probe = PositionProbe(cfg.text_hidden, cfg.grid, len(aux_layers))
-    answer_layers = tuple(int(k) for k in cfg.answer_aux_layers.split(",")) if cfg.answer_aux else ()
     mention_probe = PositionProbe(cfg.text_hidden, cfg.grid, len(mention_layers))
     # one head set for the first-named object, one for the second
     answer_probe = PositionProbe(cfg.text_hidden, cfg.grid, 2 * len(answer_layers))

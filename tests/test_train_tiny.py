@@ -66,7 +66,7 @@ def test_position_probe_labels_are_row_and_column() -> None:
     assert probe.loss([readable], cells.flip(0)).item() > 10
 
 
-def test_mentions_point_at_the_token_closing_a_unique_object_name() -> None:
+def test_mentions_and_pairs_point_at_named_objects_and_the_answer() -> None:
     scene = synth.Scene(
         (synth.Obj("red", "circle", 1, 2), synth.Obj("red", "square", 5, 7), synth.Obj("blue", "ring", 9, 0))
     )
@@ -86,3 +86,5 @@ def test_mentions_point_at_the_token_closing_a_unique_object_name() -> None:
         ("the", "ring", (9, 0)),
         ("blue", "object", (9, 0)),
     ]
+    [(_, answer_at, first, second)] = b["pairs"].tolist()
+    assert tokens[answer_at : answer_at + 2] == [":", "left"] and (first, second) == (1 * 12 + 2, 9 * 12 + 0)
