@@ -120,12 +120,6 @@ def read_record(path: Path) -> RunRecord | None:
         return None
 
 
-def is_complete(path: Path, fingerprint: str | None = None) -> bool:
-    """A cell is complete when its record exists, says ok and was made from the same checkpoint (``fingerprint``)."""
-    record = read_record(path)
-    return record is not None and record.status == "ok" and record.provenance.model_fingerprint == fingerprint
-
-
 def model_fingerprint(pretrained: str, sample_bytes: int = 1 << 20) -> str | None:
     """A hash identifying a local checkpoint directory's contents; None for a hub id (its revision names it).
 

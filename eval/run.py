@@ -24,7 +24,6 @@ from eval.records import (
     RunRecord,
     aggregate_efficiency,
     capture_provenance,
-    is_complete,
     model_fingerprint,
     now,
     read_record,
@@ -138,11 +137,11 @@ def run_cell(cfg: DictConfig) -> RunRecord:
     preflight(spec)
     record_path = spec.run_dir / "record.json"
     fingerprint = model_fingerprint(spec.model.pretrained)
-    if not spec.force and is_complete(record_path, fingerprint):
-        log.info("skip %s: complete record at %s (force=true reruns)", spec.run_id, record_path)
-        return RunRecord.from_dict(json.loads(record_path.read_text()))
     previous = read_record(record_path)
     if not spec.force and previous is not None and previous.status == "ok":
+        if previous.provenance.model_fingerprint == fingerprint:
+            log.info("skip %s: complete record at %s (force=true reruns)", spec.run_id, record_path)
+            return previous
         log.info("rerun %s: the checkpoint %s changed since its record", spec.run_id, spec.model.pretrained)
     device = resolve_device(spec.model.device)
     if spec.cpu_threads is not None:

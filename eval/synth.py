@@ -55,6 +55,10 @@ class Obj:
         """Return e.g. 'red circle'."""
         return f"{self.colour} {self.shape}"
 
+    def matches(self, colour: str | None, shape: str | None) -> bool:
+        """Whether this object fits a name that gives its colour, its shape or both (None: any)."""
+        return (colour is None or self.colour == colour) and (shape is None or self.shape == shape)
+
 
 @dataclass(frozen=True)
 class Scene:
@@ -140,24 +144,28 @@ def decode_scene(png: bytes, grid: int = 12, cell: int = 8) -> Scene:
     return Scene(tuple(objs), grid, cell)
 
 
-def question_targets(scene: Scene, question: str) -> list[Obj]:
-    """Objects of the scene that a question names ("red circle", "the square", "red objects", "circles")."""
-    words = question.lower().replace("?", " ").split()
+def object_names(words: list[str]) -> list[tuple[int, str | None, str | None, bool]]:
+    """(index, colour, shape, plural?) for each lower-case word that names objects: a shape or its plural, or
+    "object(s)", with the colour word before it if any (None where the name leaves colour or shape open)."""
     singular = {p: s for s, p in PLURALS.items()}
-    named: list[tuple[str | None, str | None]] = []
+    named = []
     for i, w in enumerate(words):
         shape = w if w in SHAPES else singular.get(w)
         if shape is None and w not in ("object", "objects"):
             continue
         colour = words[i - 1] if i and words[i - 1] in COLOURS else None
-        named.append((colour, shape))
-    return [
-        o for o in scene.objects if any((c is None or o.colour == c) and (s is None or o.shape == s) for c, s in named)
-    ]
+        named.append((i, colour, shape, w in singular or w == "objects"))
+    return named
+
+
+def question_targets(scene: Scene, question: str) -> list[Obj]:
+    """Objects of the scene that a question names ("red circle", "the square", "red objects", "circles")."""
+    names = object_names(question.lower().replace("?", " ").split())
+    return [o for o in scene.objects if any(o.matches(colour, shape) for _, colour, shape, _ in names)]
 
 
 def _count(scene: Scene, colour: str | None = None, shape: str | None = None) -> int:
-    return sum((colour is None or o.colour == colour) and (shape is None or o.shape == shape) for o in scene.objects)
+    return sum(o.matches(colour, shape) for o in scene.objects)
 
 
 def _relation_pair(scene: Scene, rng: random.Random, axis: str) -> tuple[Obj, Obj] | None:

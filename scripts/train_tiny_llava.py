@@ -186,14 +186,10 @@ def mention_cells(tokens: list[str], scene: synth.Scene) -> list[tuple[int, int]
     """(token index, cell) for each token closing a name of exactly one object of the scene ("red circle", "circle",
     "red object"); plurals and names of absent or repeated objects are skipped."""
     out = []
-    for i, word in enumerate(tokens):
-        if word not in synth.SHAPES and word != "object":
+    for i, colour, shape, plural in synth.object_names(tokens):
+        if plural or (colour is None and shape is None):
             continue
-        colour = tokens[i - 1] if i and tokens[i - 1] in synth.COLOURS else None
-        shape = None if word == "object" else word
-        if colour is None and shape is None:
-            continue
-        named = [o for o in scene.objects if colour in (None, o.colour) and shape in (None, o.shape)]
+        named = [o for o in scene.objects if o.matches(colour, shape)]
         if len(named) == 1:
             out.append((i, named[0].row * scene.grid + named[0].col))
     return out
