@@ -1,9 +1,16 @@
-"""Validate a composed Hydra config into a typed RunSpec -- before any model or dataset is loaded."""
+"""Validate a composed Hydra config into a typed RunSpec -- before any model or dataset is loaded.
+
+Every field is type-checked (no silent coercion: `seed=1.5` or `force=no` are errors, not seed 1 and force=True), names
+that become paths are checked so that no cell can write outside `results_dir`, and method options are checked against
+the method's own field types. Checks that need the checkpoint, the runtime or lmms-eval's task index are in
+eval.preflight; both raise ConfigError with one line.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -11,12 +18,41 @@ from typing import Any
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
 from eval.registry import describe, make_method
-from sparsevlm import PruningMethod
+from sparsevlm.arch import ATTENTION_IMPLEMENTATIONS
+from sparsevlm.methods.base import PruningMethod
 
 DTYPES = ("float32", "float16", "bfloat16")
-ATTENTION = ("sdpa", "eager", "flash_attention_2")
+ATTENTION = ATTENTION_IMPLEMENTATIONS
 LOGGERS = ("none", "wandb")
 WANDB_MODES = ("offline", "online", "disabled")
+STALE_POLICIES = ("rerun", "warn", "keep")
+# A name that becomes one path component: no separators, no "..", no leading dot or dash.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=-]*$")
+
+ROOT_KEYS = {
+    "model",
+    "method",
+    "task",
+    "launcher",
+    "logger",
+    "experiment_name",
+    "budget",
+    "limit",
+    "batch_size",
+    "seed",
+    "cpu_threads",
+    "force",
+    "fail_fast",
+    "results_dir",
+    "log_samples",
+    "max_failed_fraction",
+    "stale",
+    "allow_unpruned",
+}
+MODEL_KEYS = {"name", "pretrained", "revision", "dtype", "attn_implementation", "device"}
+TASK_KEYS = {"name", "column", "lmms_tasks", "metrics", "combine", "scale", "include_path", "limit_multiple"}
+LOGGER_KEYS = {"name", "project", "entity", "mode", "tags"}
+METHOD_KEYS = {"name", "options"}
 
 
 class ConfigError(ValueError):
@@ -42,6 +78,7 @@ class TaskSpec:
     combine: str
     scale: float
     include_path: str | None
+    limit_multiple: int = 1  # documents scored in groups (MME: question pairs); a limit must be a multiple of it
 
 
 @dataclass(frozen=True)
@@ -62,6 +99,9 @@ class RunSpec:
     log_samples: bool
     results_dir: Path
     logger: dict[str, Any]
+    max_failed_fraction: float = 0.05
+    stale: str = "rerun"
+    allow_unpruned: bool = False
 
     @property
     def grid(self) -> dict[str, Any]:
@@ -93,79 +133,182 @@ class RunSpec:
 
     @property
     def run_dir(self) -> Path:
+        """The cell's directory: results_dir/experiment/run_id (checked to stay inside results_dir)."""
         return self.results_dir / self.experiment / self.run_id
 
 
-def _choice(name: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
+# ------------------------------------------------------------------------------------------------ typed field checks
+def choice(name: str, value: Any, allowed: tuple) -> Any:
+    """The value if it is one of `allowed`, else a ConfigError naming the field and the allowed values."""
+    if value not in allowed or isinstance(value, bool) != any(isinstance(a, bool) for a in allowed):
         raise ConfigError(f"{name}: got {value!r}, allowed: {', '.join(map(str, allowed))}")
+    return value
 
 
-def _positive_int(name: str, value: Any, nullable: bool = False) -> None:
+def integer(name: str, value: Any, minimum: int | None = None, nullable: bool = False) -> int | None:
+    """An int (bools and floats such as 1.5 are rejected, never truncated), optionally >= minimum or null."""
     if value is None and nullable:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name}: expected a positive int{' or null' if nullable else ''}, got {value!r}")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        what = "an int" if minimum is None else ("a positive int" if minimum == 1 else f"an int >= {minimum}")
+        raise ConfigError(f"{name}: expected {what}{' or null' if nullable else ''}, got {value!r}")
+    return value
+
+
+def boolean(name: str, value: Any) -> bool:
+    """A real boolean: `force=no` or `force="false"` are errors, not truthy strings."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    return value
+
+
+def number(name: str, value: Any, low: float, high: float) -> float:
+    """A float (ints accepted) in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ConfigError(f"{name}: expected a number in [{low}, {high}], got {value!r}")
+    return float(value)
+
+
+def text(name: str, value: Any, nullable: bool = False) -> str | None:
+    """A non-empty string (or null when allowed)."""
+    if value is None and nullable:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{name}: expected a non-empty string{' or null' if nullable else ''}, got {value!r}")
+    return value
+
+
+def path_name(name: str, value: Any) -> str:
+    """A string usable as one path component (it names a directory under results_dir)."""
+    text(name, value)
+    if not SAFE_NAME.match(value) or value in (".", ".."):
+        raise ConfigError(
+            f"{name}: {value!r} must be a plain name (letters, digits, '_', '.', '-', '+', '='; no '/' or '..'), "
+            "because it names a directory under results_dir"
+        )
+    return value
+
+
+def _unknown_keys(section: str, data: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        where = f"{section}." if section else ""
+        raise ConfigError(f"{where}{unknown[0]}: not a config key; allowed: {', '.join(sorted(allowed))}")
+
+
+def _container(cfg: DictConfig, key: str) -> Any:
+    try:
+        return OmegaConf.to_container(cfg[key], resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as err:
+        raise ConfigError(f"{key}.{err.key}: missing; set it on the command line, e.g. {key}.{err.key}=...") from None
+
+
+def _model(cfg: DictConfig) -> ModelSpec:
+    data = _container(cfg, "model")
+    if not isinstance(data, dict):
+        raise ConfigError(f"model: expected a model config group, got {data!r}")
+    _unknown_keys("model", data, MODEL_KEYS)
+    if not data.get("pretrained"):
+        raise ConfigError("model.pretrained: missing; give a HF hub id or a local checkpoint directory")
+    device = text("model.device", data.get("device"))
+    if not (device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", device)):
+        raise ConfigError(f"model.device: got {device!r}, allowed: auto, cpu, cuda, cuda:N (N a device index)")
+    return ModelSpec(
+        name=path_name("model.name", data.get("name")),
+        pretrained=text("model.pretrained", data["pretrained"]),
+        revision=text("model.revision", data.get("revision"), nullable=True),
+        dtype=choice("model.dtype", data.get("dtype"), DTYPES),
+        attn_implementation=choice("model.attn_implementation", data.get("attn_implementation"), ATTENTION),
+        device=device,
+    )
+
+
+def _task(cfg: DictConfig) -> TaskSpec:
+    data = _container(cfg, "task")
+    if not isinstance(data, dict):
+        raise ConfigError(f"task: expected a task config group, got {data!r}")
+    _unknown_keys("task", data, TASK_KEYS)
+    name = path_name("task.name", data.get("name"))
+    tasks, metrics = data.get("lmms_tasks"), data.get("metrics")
+    for key, values in (("lmms_tasks", tasks), ("metrics", metrics)):
+        if not isinstance(values, list) or not values or not all(isinstance(v, str) and v for v in values):
+            raise ConfigError(f"task.{key}: expected a non-empty list of names, got {values!r}")
+    include = text("task.include_path", data.get("include_path"), nullable=True)
+    if include is not None and not Path(include).is_dir():
+        raise ConfigError(f"task.include_path: {include!r} is not a directory")
+    return TaskSpec(
+        name=name,
+        column=text("task.column", data.get("column") or name),
+        lmms_tasks=tuple(tasks),
+        metrics=tuple(metrics),
+        combine=choice("task.combine", data.get("combine", "mean"), ("mean", "sum")),
+        scale=number("task.scale", data.get("scale", 1), 1e-9, 1e9),
+        include_path=include,
+        limit_multiple=integer("task.limit_multiple", data.get("limit_multiple", 1), minimum=1),
+    )
+
+
+def _logger(cfg: DictConfig) -> dict[str, Any]:
+    data = _container(cfg, "logger")
+    if not isinstance(data, dict):
+        raise ConfigError(f"logger: expected a logger config group, got {data!r}")
+    _unknown_keys("logger", data, LOGGER_KEYS)
+    choice("logger", data.get("name"), LOGGERS)
+    if data["name"] == "wandb":
+        choice("logger.mode", data.get("mode"), WANDB_MODES)
+        text("logger.project", data.get("project"))
+        if not isinstance(data.get("tags") or [], list):
+            raise ConfigError(f"logger.tags: expected a list, got {data.get('tags')!r}")
+    return data
+
+
+def _method(cfg: DictConfig, budget: int | None) -> PruningMethod:
+    data = _container(cfg, "method")
+    if not isinstance(data, dict):
+        raise ConfigError(f"method: expected a method config group, got {data!r}")
+    _unknown_keys("method", data, METHOD_KEYS)
+    options = data.get("options") or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"method.options: expected a mapping of method fields, got {options!r}")
+    try:
+        return make_method(text("method.name", data.get("name")), budget, **options)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
 
 
 def spec_from_config(cfg: DictConfig) -> RunSpec:
     """Check every field of a composed config and build the RunSpec; raises ConfigError with one line."""
-    try:
-        model_cfg = OmegaConf.to_container(cfg.model, resolve=True, throw_on_missing=True)
-    except MissingMandatoryValue as err:
-        raise ConfigError(f"model.{err.key}: missing; set it on the command line, e.g. model.{err.key}=/path") from None
-    model = ModelSpec(**{k: model_cfg.get(k) for k in ModelSpec.__dataclass_fields__})
-    if not model.pretrained:
-        raise ConfigError("model.pretrained: missing; give a HF hub id or a local checkpoint directory")
-    _choice("model.dtype", model.dtype, DTYPES)
-    _choice("model.attn_implementation", model.attn_implementation, ATTENTION)
-    if not (model.device in ("auto", "cpu", "cuda") or str(model.device).startswith("cuda:")):
-        raise ConfigError(f"model.device: got {model.device!r}, allowed: auto, cpu, cuda, cuda:N")
-
-    budget = cfg.budget
-    options_cfg = cfg.method.get("options")
-    options = OmegaConf.to_container(options_cfg, resolve=True) if options_cfg is not None else {}
-    try:
-        method = make_method(cfg.method.name, budget, **options)
-    except (ValueError, TypeError) as err:
-        raise ConfigError(str(err)) from None
-
-    task_cfg = OmegaConf.to_container(cfg.task, resolve=True)
-    task = TaskSpec(
-        name=task_cfg.get("name"),
-        column=task_cfg.get("column") or task_cfg.get("name"),
-        lmms_tasks=tuple(task_cfg.get("lmms_tasks") or ()),
-        metrics=tuple(task_cfg.get("metrics") or ()),
-        combine=task_cfg.get("combine", "mean"),
-        scale=float(task_cfg.get("scale", 1)),
-        include_path=task_cfg.get("include_path"),
-    )
-    if not task.lmms_tasks or not task.metrics:
-        raise ConfigError(f"task.{task.name}: lmms_tasks and metrics must both be non-empty lists")
-    _choice("task.combine", task.combine, ("mean", "sum"))
-    if task.include_path is not None and not Path(task.include_path).is_dir():
-        raise ConfigError(f"task.include_path: {task.include_path!r} is not a directory")
-
-    _positive_int("limit", cfg.limit, nullable=True)
-    _positive_int("batch_size", cfg.batch_size)
-    _positive_int("cpu_threads", cfg.get("cpu_threads"), nullable=True)
-    logger = OmegaConf.to_container(cfg.logger, resolve=True)
-    _choice("logger", logger.get("name"), LOGGERS)
-    if logger["name"] == "wandb":
-        _choice("logger.mode", logger.get("mode"), WANDB_MODES)
-    return RunSpec(
-        experiment=str(cfg.experiment_name),
+    _unknown_keys("", {k: None for k in cfg if k != "hydra"}, ROOT_KEYS)
+    model = _model(cfg)
+    budget = integer("budget", cfg.get("budget"), minimum=1, nullable=True)
+    method = _method(cfg, budget)
+    task = _task(cfg)
+    limit = integer("limit", cfg.get("limit"), minimum=1, nullable=True)
+    if limit is not None and limit % task.limit_multiple:
+        raise ConfigError(
+            f"limit: task {task.name} scores documents in groups of {task.limit_multiple} (e.g. MME's question pairs), "
+            f"so limit must be a multiple of {task.limit_multiple}; got {limit}"
+        )
+    results_dir = Path(text("results_dir", cfg.get("results_dir")))
+    spec = RunSpec(
+        experiment=path_name("experiment_name", cfg.get("experiment_name")),
         model=model,
         method=method,
         budget=budget,
         task=task,
-        limit=cfg.limit,
-        batch_size=cfg.batch_size,
-        seed=int(cfg.seed),
-        cpu_threads=cfg.get("cpu_threads"),
-        force=bool(cfg.force),
-        fail_fast=bool(cfg.fail_fast),
-        log_samples=bool(cfg.log_samples),
-        results_dir=Path(cfg.results_dir),
-        logger=logger,
+        limit=limit,
+        batch_size=integer("batch_size", cfg.get("batch_size"), minimum=1),
+        seed=integer("seed", cfg.get("seed")),
+        cpu_threads=integer("cpu_threads", cfg.get("cpu_threads"), minimum=1, nullable=True),
+        force=boolean("force", cfg.get("force")),
+        fail_fast=boolean("fail_fast", cfg.get("fail_fast")),
+        log_samples=boolean("log_samples", cfg.get("log_samples")),
+        results_dir=results_dir,
+        logger=_logger(cfg),
+        max_failed_fraction=number("max_failed_fraction", cfg.get("max_failed_fraction", 0.05), 0.0, 1.0),
+        stale=choice("stale", cfg.get("stale", "rerun"), STALE_POLICIES),
+        allow_unpruned=boolean("allow_unpruned", cfg.get("allow_unpruned", False)),
     )
+    if not spec.run_dir.resolve().is_relative_to(results_dir.resolve()):
+        raise ConfigError(f"run_id: {spec.run_id!r} would write outside results_dir {str(results_dir)!r}")
+    return spec

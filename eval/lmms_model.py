@@ -145,6 +145,9 @@ class SparseVLMModel(lmms):
         self.max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
         self.prompt = _choice("prompt", prompt, PROMPT_STYLES)
         self.efficiency_records: list[dict[str, Any]] = []
+        # Set by the runner (eval.docguard.DocGuard): a request that fails even alone is recorded there and the rest
+        # of the evaluation goes on; without a guard (plain lmms-eval CLI) such a failure stops the evaluation.
+        self.doc_guard: Any = None
         self._stop_strings_ok: dict[tuple[str, ...], bool] = {}
         if model is not None:
             if processor is None:
@@ -306,6 +309,24 @@ class SparseVLMModel(lmms):
         """Batched generation, grouped by identical gen kwargs and image count; answers in request order."""
         return self._generate([r.args for r in requests])
 
+    def _failed(self, task: str, doc_id: int, err: Exception) -> GenerationResult:
+        """Record a request that failed on its own (or raise, when no guard collects failures)."""
+        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        if self.doc_guard is None:
+            raise RuntimeError(f"{task} doc {doc_id}: {reason}") from err
+        self.doc_guard.record(task, doc_id, f"generation: {reason}")
+        return GenerationResult(text="", token_counts=TokenCounts(input_tokens=0, output_tokens=0))
+
+    def _generate_isolated(self, batch: list[tuple]) -> list[GenerationResult]:
+        """Generate a batch; if it fails, each request alone, so that one bad request fails only itself."""
+        try:
+            return self._generate_batch(batch)
+        except Exception as err:
+            if len(batch) == 1:
+                _, _, _, doc_id, task = batch[0]
+                return [self._failed(task, doc_id, err)]
+        return [result for item in batch for result in self._generate_isolated([item])]
+
     def _generate(self, args: list[tuple]) -> list[GenerationResult]:
         groups: dict[str, list[int]] = {}
         for i, (_, gen_kwargs, *_) in enumerate(args):
@@ -317,11 +338,15 @@ class SparseVLMModel(lmms):
                 prepared: dict[int, list[tuple]] = {}  # images are loaded per batch, grouped by count
                 for i in indices[start : start + self.batch_size]:
                     context, gen_kwargs, doc_to_visual, doc_id, task, split = args[i]
-                    images = self._visuals(doc_to_visual, task, split, doc_id)
+                    try:
+                        images = self._visuals(doc_to_visual, task, split, doc_id)
+                    except Exception as err:
+                        out[i] = self._failed(task, doc_id, err)
+                        continue
                     item = (i, self.build_prompt(context, len(images)), dict(gen_kwargs or {}), images, doc_id, task)
                     prepared.setdefault(len(images), []).append(item)
                 for batch in prepared.values():
-                    for item, result in zip(batch, self._generate_batch([b[1:] for b in batch]), strict=True):
+                    for item, result in zip(batch, self._generate_isolated([b[1:] for b in batch]), strict=True):
                         out[item[0]] = result
         return out
 
@@ -399,35 +424,45 @@ class SparseVLMModel(lmms):
     def loglikelihood(self, requests: list) -> list[tuple[float, bool]]:
         """Sum of the continuation's log-probs after a pruned prefill, and whether greedy decoding would produce it."""
         out = []
-        for context, doc_to_target, doc_to_visual, doc_id, task, split in [r.args for r in requests]:
-            doc = self.task_dict[task][split][doc_id]
-            continuation = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(doc)
-            if isinstance(continuation, list):
-                continuation = continuation[0]
-            images = self._visuals(doc_to_visual, task, split, doc_id)
-            prompt = self.build_prompt(context, len(images))
-            full = prompt + (continuation if continuation[:1].isspace() else " " + continuation)
-            n_prompt = self._inputs([prompt], images)["input_ids"].shape[1]
-            inputs = self._inputs([full], images)
-            n_cont = inputs["input_ids"].shape[1] - n_prompt
-            if n_cont < 1:
-                raise ValueError(f"{task}: doc {doc_id} has an empty continuation {continuation!r}")
-            with sparsevlm.attach(self.model, self.method) as trace, torch.inference_mode():
-                started = time.perf_counter()
-                logits = self.model(**inputs).logits[0]  # pruning shortens the sequence; the text tail stays aligned
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                elapsed = time.perf_counter() - started
-            logprobs = torch.log_softmax(logits[-n_cont - 1 : -1].float(), dim=-1)
-            target = inputs["input_ids"][0, -n_cont:]
-            total = float(logprobs.gather(1, target[:, None]).sum())
-            greedy = bool((logprobs.argmax(dim=-1) == target).all())
-            times = {"e2e_ms": elapsed * 1000.0}  # a single forward: no prefill/decode split
-            row = self._record(task, doc_id, self._samples(trace, 1)[0], inputs["input_ids"].shape[1], 0, times, 1)
-            self._log([row], elapsed)
-            out.append((total, greedy))
-            self.cache_hook.add_partial("loglikelihood", (context, continuation), (total, greedy))
+        for args in [r.args for r in requests]:
+            try:
+                out.append(self._loglikelihood_one(*args))
+            except Exception as err:
+                self._failed(args[4], args[3], err)
+                out.append((float("-inf"), False))
         return out
+
+    def _loglikelihood_one(
+        self, context: str, doc_to_target: Any, doc_to_visual: Any, doc_id: int, task: str, split: str
+    ) -> tuple[float, bool]:
+        """One loglikelihood request (see loglikelihood)."""
+        doc = self.task_dict[task][split][doc_id]
+        continuation = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(doc)
+        if isinstance(continuation, list):
+            continuation = continuation[0]
+        images = self._visuals(doc_to_visual, task, split, doc_id)
+        prompt = self.build_prompt(context, len(images))
+        full = prompt + (continuation if continuation[:1].isspace() else " " + continuation)
+        n_prompt = self._inputs([prompt], images)["input_ids"].shape[1]
+        inputs = self._inputs([full], images)
+        n_cont = inputs["input_ids"].shape[1] - n_prompt
+        if n_cont < 1:
+            raise ValueError(f"{task}: doc {doc_id} has an empty continuation {continuation!r}")
+        with sparsevlm.attach(self.model, self.method) as trace, torch.inference_mode():
+            started = time.perf_counter()
+            logits = self.model(**inputs).logits[0]  # pruning shortens the sequence; the text tail stays aligned
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            elapsed = time.perf_counter() - started
+        logprobs = torch.log_softmax(logits[-n_cont - 1 : -1].float(), dim=-1)
+        target = inputs["input_ids"][0, -n_cont:]
+        total = float(logprobs.gather(1, target[:, None]).sum())
+        greedy = bool((logprobs.argmax(dim=-1) == target).all())
+        times = {"e2e_ms": elapsed * 1000.0}  # a single forward: no prefill/decode split
+        row = self._record(task, doc_id, self._samples(trace, 1)[0], inputs["input_ids"].shape[1], 0, times, 1)
+        self._log([row], elapsed)
+        self.cache_hook.add_partial("loglikelihood", (context, continuation), (total, greedy))
+        return total, greedy
 
     def generate_until_multi_round(self, requests: list) -> list[GenerationResult]:
         """First round only: generate_until on (context, gen_kwargs, doc_to_visual, doc_id, task, split).

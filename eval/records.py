@@ -1,17 +1,28 @@
 """Run records: one typed, atomically written record.json per cell -- the source of truth for every table.
 
-Schema (version 1):
+Schema (version 2):
   run_id, experiment, grid {model, method, version, budget, task}, config (the resolved Hydra config),
-  metrics {lmms task: {metric: value}}, primary {column, value, metrics, combine, scale},
+  metrics {lmms task: {metric: value}}, primary {column, value, metrics, combine, scale, missing},
   efficiency (Efficiency: means/medians over samples, computed from the per-sample traces),
-  status "ok" | "failed" | "running", error, is_full_eval (limit is null),
-  provenance (Provenance: git SHA + dirty flag, package versions, device, seed, Slurm ids, start/end times,
-  a fingerprint of a local checkpoint),
+  status "ok" | "failed", error, is_full_eval (limit is null),
+  documents {n, n_failed, n_warned, failed_examples}: a failed document is left out of every metric,
+  samples {file, sha256, rows}: the per-document file this record vouches for (a mismatch means an interrupted write),
+  provenance (Provenance: git SHA + dirty flag, a content hash of the harness code, package versions, device, seed,
+  Slurm ids, start/end times, a fingerprint of a local checkpoint),
   wandb {status, dir, error} when a W&B logger ran.
+Version 1 records (no documents/samples/code hash) are read with those fields empty.
+
+A record is written once, when its cell ends (never "running"): while a cell runs, its directory holds `running.json`
+and an exclusive lock on `.lock`; see eval.run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -20,14 +31,21 @@ import socket
 import statistics
 import subprocess
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PACKAGES = ("sparsevlm-harness", "torch", "transformers", "lmms_eval", "hydra-core", "wandb")
+FILE_MODE = 0o644  # records live on shared cluster storage: readable by the group and others
+TEMP_PREFIX = ".tmp-"
+# What a cell's result depends on in this repository: the library, the harness (task YAMLs included) and the configs.
+CODE_DIRS = ("sparsevlm", "eval", "conf")
+CODE_SUFFIXES = (".py", ".yaml", ".yml")
+SITE_CONF = "conf/local"  # machine-specific settings (partition, paths): they do not change results
 
 
 @dataclass
@@ -46,6 +64,7 @@ class Provenance:
     started_at: str
     finished_at: str | None = None
     model_fingerprint: str | None = None  # of a local checkpoint directory (see model_fingerprint); None for hub ids
+    code_hash: str | None = None  # content hash of the harness code (see code_hash); None in version-1 records
 
 
 @dataclass
@@ -81,6 +100,8 @@ class RunRecord:
     primary: dict[str, Any] = field(default_factory=dict)
     efficiency: Efficiency = field(default_factory=Efficiency)
     error: str | None = None
+    documents: dict[str, Any] = field(default_factory=dict)  # n, n_failed, n_warned, failed_examples
+    samples: dict[str, Any] = field(default_factory=dict)  # file, sha256, rows
     wandb: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
@@ -90,34 +111,138 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunRecord:
-        """Inverse of to_dict."""
-        data = dict(data)
-        data["provenance"] = Provenance(**data["provenance"])
-        data["efficiency"] = Efficiency(**data.get("efficiency") or {})
-        return cls(**data)
+        """Inverse of to_dict; reads older schema versions, refuses newer ones (RecordError)."""
+        if not isinstance(data, dict):
+            raise RecordError("not a JSON object")
+        version = data.get("schema_version", 1)
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise RecordError(f"schema_version {version!r} is newer than this harness reads ({SCHEMA_VERSION})")
+        try:
+            data = {k: v for k, v in data.items() if k in {f.name for f in dataclasses.fields(cls)}}
+            data["provenance"] = Provenance(**data["provenance"])
+            data["efficiency"] = Efficiency(**data.get("efficiency") or {})
+            return cls(**data)
+        except (KeyError, TypeError) as err:
+            raise RecordError(f"missing or unexpected field ({err})") from None
 
 
-def write_record(record: RunRecord, path: Path) -> None:
-    """Write record.json atomically: a temp file in the same directory, then rename over the target."""
+class RecordError(ValueError):
+    """A record file that exists but cannot be read as a record."""
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Write via a temp file in the same directory, fsync, chmod 0644, then rename over the target."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".record-", suffix=".json", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=path.suffix, dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(record.to_dict(), handle, indent=2, sort_keys=True, default=str)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def read_record(path: Path) -> RunRecord | None:
-    """The record at path, or None if it is missing or unreadable."""
+def write_record(record: RunRecord, path: Path) -> None:
+    """Write record.json atomically (readers never see a partial file)."""
+    _atomic_write(path, lambda handle: json.dump(record.to_dict(), handle, indent=2, sort_keys=True, default=str))
+
+
+def write_json(data: dict[str, Any], path: Path) -> None:
+    """Write a small JSON file atomically."""
+    _atomic_write(path, lambda handle: json.dump(data, handle, indent=2, sort_keys=True, default=str))
+
+
+def write_jsonl(rows: list[dict[str, Any]], path: Path) -> str:
+    """Write one JSON object per line atomically; returns the file's sha256."""
+    lines = "".join(json.dumps(row) + "\n" for row in rows)
+    _atomic_write(path, lambda handle: handle.write(lines))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str | None:
+    """sha256 of a file's bytes, or None if it cannot be read."""
     try:
-        return RunRecord.from_dict(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError, KeyError):
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
         return None
+
+
+def load_record(path: Path) -> RunRecord:
+    """The record at path; OSError if it cannot be read, RecordError if it is empty, corrupt or of a newer schema."""
+    raw = path.read_text()
+    if not raw.strip():
+        raise RecordError("empty file")
+    try:
+        data = json.loads(raw)
+    except ValueError as err:
+        raise RecordError(f"not valid JSON ({err})") from None
+    return RunRecord.from_dict(data)
+
+
+def read_record(path: Path) -> RunRecord | None:
+    """The record at path, or None if it is missing or unreadable (callers that must say why use load_record)."""
+    try:
+        return load_record(path)
+    except (OSError, RecordError):
+        return None
+
+
+@contextlib.contextmanager
+def cell_lock(run_dir: Path, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive flock on run_dir/.lock; if another process holds it, call on_wait(holder) and wait.
+
+    The kernel releases the lock when its holder dies (kill -9 included), so a crashed cell never blocks a rerun.
+    The lock file itself is never deleted: deleting it would let two processes lock two different files.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / ".lock"
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            if on_wait is not None:
+                handle.seek(0)
+                on_wait(handle.read().strip() or "another process")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {now()}\n")
+            handle.flush()
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def remove_temp_files(run_dir: Path) -> list[Path]:
+    """Delete temp files left by interrupted writes (call while holding the cell's lock); returns what was removed."""
+    removed = [p for p in run_dir.glob(f"{TEMP_PREFIX}*") if p.is_file()]
+    removed += [p for p in run_dir.glob(".record-*.json") if p.is_file()]  # schema-1 temp files
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
+@functools.lru_cache(maxsize=1)
+def code_hash() -> str:
+    """Content hash of the harness code this process runs: every .py/.yaml under sparsevlm/, eval/ and conf/.
+
+    Site settings (conf/local/) are left out: they choose where a cell runs, not what it computes.
+    """
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for directory in CODE_DIRS:
+        for path in sorted((root / directory).rglob("*")):
+            relative = path.relative_to(root).as_posix()
+            if path.suffix in CODE_SUFFIXES and path.is_file() and not relative.startswith(SITE_CONF):
+                digest.update(f"{relative}\0".encode() + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def model_fingerprint(pretrained: str, sample_bytes: int = 1 << 20) -> str | None:
@@ -171,6 +296,7 @@ def capture_provenance(seed: int, device: str, command: str, model_fingerprint: 
         command=command,
         started_at=now(),
         model_fingerprint=model_fingerprint,
+        code_hash=code_hash(),
     )
 
 

@@ -32,9 +32,15 @@ def make_method(name: str, budget: int | None = None, **options: Any) -> Pruning
     unknown = sorted(set(options) - set(method_options(name)))
     if unknown:
         allowed = ", ".join(method_options(name)) or "none"
-        raise ValueError(f"method.{unknown[0]}: not an option of {name!r}; allowed: {allowed}")
+        raise ValueError(f"method.options.{unknown[0]}: not an option of {name!r}; allowed: {allowed}")
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-    return METHODS[name](**options) if name == "dense" else METHODS[name](budget=budget, **options)
+    try:
+        return METHODS[name](**options) if name == "dense" else METHODS[name](budget=budget, **options)
+    except ValueError as err:  # name the option as it is written in configs: method.options.<field>
+        field, _, rest = str(err).partition(":")
+        if field in options:
+            raise ValueError(f"method.options.{field}:{rest}") from None
+        raise
 
 
 def describe(method: PruningMethod) -> dict[str, Any]:

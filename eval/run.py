@@ -1,17 +1,31 @@
-"""The Hydra runner: validate -> (skip if done) -> load model -> lmms-eval -> record.json (+ optional W&B).
+"""The Hydra runner: validate -> lock -> (skip if complete) -> load model -> lmms-eval -> samples + record (+ W&B).
 
 python -m eval.run model=llava-1.5-7b method=sparsevlm budget=64 task=pope
 python -m eval.run --multirun method=sparsevlm,fastv budget=64,192 task=pope launcher=submitit_local
 python -m eval.run experiment=table1 launcher=slurm
+
+Exit status: 0 when every cell is ok or already complete, 1 when a cell failed (or, in a sweep, was rejected or lost),
+2 for a configuration error (one line on stderr, before any model loads). A sweep validates every cell first, launches
+only the cells that are not complete and ends with a summary (hydra_plugins/sparsevlm_harness/sweeper.py).
+
+A cell's files (results_dir/experiment/run_id/): `.lock` (held while the cell runs: two processes never compute one
+cell), `running.json` (who runs it, removed at the end), `samples.jsonl` then `record.json`, each written atomically,
+record last. A rerun forced over an ok record keeps that record until the new result is complete; if the rerun fails,
+the ok record stays and the failure is written to `failed_attempt.json`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import sys
 import time
 import traceback
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -19,40 +33,64 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from eval.cli import CONF_DIR
 from eval.config import ConfigError, RunSpec, spec_from_config
+from eval.preflight import preflight
 from eval.records import (
+    RecordError,
     RunRecord,
     aggregate_efficiency,
     capture_provenance,
+    cell_lock,
+    code_hash,
+    file_sha256,
+    load_record,
     model_fingerprint,
     now,
-    read_record,
+    remove_temp_files,
+    write_json,
+    write_jsonl,
     write_record,
 )
 
 log = logging.getLogger("eval.run")
+EXIT_CODES = {"ok": 0, "skipped": 0, "failed": 1, "lost": 1, "rejected": 2}
+FAILED_EXAMPLES = 5  # failed documents quoted in a record's error and documents.failed_examples
 
 
-def resolve_device(device: str) -> str:
-    """'auto' -> cuda when available, else cpu."""
-    if device != "auto":
-        return device
-    import torch
+@dataclass
+class CellOutcome:
+    """What happened to one cell: ok (computed now), skipped (complete record reused), failed or rejected (config)."""
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    status: str
+    run_id: str | None
+    detail: str = ""
+    record: RunRecord | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Picklable summary (what a launcher hands back to the sweeper)."""
+        return {"status": self.status, "run_id": self.run_id, "detail": self.detail}
 
 
-def primary_value(results: dict[str, Any], spec: RunSpec) -> float | None:
-    """The cell's Table-1 number: task metrics combined (mean or sum) and scaled, or None if any is missing."""
-    values = []
+# ------------------------------------------------------------------------------------------------------ results
+def primary_value(results: dict[str, Any], spec: RunSpec) -> tuple[float | None, list[str]]:
+    """The cell's Table-1 number from the metrics that exist (combined, scaled), and the task/metric pairs missing.
+
+    A missing metric (e.g. MME cognition on data without cognition questions) is left out and listed, so the record
+    and the tables can say the value covers less than the column's definition.
+    """
+    values, missing = [], []
     for task in spec.task.lmms_tasks:
         for metric in spec.task.metrics:
             value = results.get(task, {}).get(f"{metric},none")
-            if not isinstance(value, int | float):
-                return None
-            values.append(float(value))
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                values.append(float(value))
+            else:
+                missing.append(f"{task}/{metric}")
+    if not values:
+        return None, missing
     combined = sum(values) if spec.task.combine == "sum" else sum(values) / len(values)
-    return combined * spec.task.scale
+    return combined * spec.task.scale, missing
 
 
 def _clean_metrics(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -67,35 +105,55 @@ def _clean_metrics(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return clean
 
 
-def _sample_rows(samples: dict[str, list[dict]], efficiency: list[dict]) -> list[dict[str, Any]]:
-    """One JSON row per evaluated document: prediction, target, and that document's efficiency numbers."""
+def _sample_rows(samples: dict[str, list[dict]], efficiency: list[dict], guard: Any) -> list[dict[str, Any]]:
+    """One JSON row per document: prediction, target and efficiency numbers, or the reason it failed."""
     by_doc = {(e.get("task"), e.get("doc_id")): e for e in efficiency}
     rows = []
     for task, items in (samples or {}).items():
         for item in items:
+            key = (task, item.get("doc_id"))
+            if guard.failed(*key):  # e.g. a scorer error: it has a logged sample but no metric
+                continue
             resps = item.get("filtered_resps") or item.get("resps") or [None]
-            row = {"task": task, "doc_id": item.get("doc_id"), "prediction": resps[0], "target": item.get("target")}
-            row.update({k: v for k, v in by_doc.get((task, item.get("doc_id")), {}).items() if k not in row})
+            row = {"task": task, "doc_id": key[1], "status": "ok", "prediction": resps[0], "target": item.get("target")}
+            if key in guard.warnings:
+                row["warnings"] = guard.warnings[key]
+            row.update({k: v for k, v in by_doc.get(key, {}).items() if k not in row})
             rows.append(json.loads(json.dumps(row, default=str)))
+    for (task, doc_id), reason in sorted(guard.failures.items()):
+        rows.append({"task": task, "doc_id": doc_id, "status": "failed", "error": reason})
     return rows
 
 
-def evaluate(spec: RunSpec, device: str) -> tuple[dict[str, Any], dict[str, list[dict]], list[dict[str, Any]]]:
-    """Run the cell's lmms-eval tasks with the method attached; returns (results, samples, efficiency rows)."""
+def evaluate(spec: RunSpec, device: str, guard: Any) -> tuple[dict[str, Any], dict[str, list[dict]], list[dict]]:
+    """Run the cell's lmms-eval tasks with the method attached; returns (results, samples, efficiency rows).
+
+    Each task is loaded on its own, so a dataset that cannot be loaded is named; every task is wrapped by the guard,
+    so a bad document fails alone.
+    """
     from lmms_eval.evaluator import simple_evaluate
-    from lmms_eval.tasks import TaskManager
+    from lmms_eval.tasks import TaskManager, get_task_dict
 
     from eval.lmms_model import SparseVLMModel
 
-    lm = SparseVLMModel.from_spec(spec, device)
     include = [spec.task.include_path] if spec.task.include_path else None
     manager = TaskManager(include_path=include, include_defaults=include is None)
+    tasks = []
+    for name in spec.task.lmms_tasks:
+        try:
+            loaded = get_task_dict([name], manager, "simple")
+        except Exception as err:
+            cause = err.last_attempt.exception() if hasattr(err, "last_attempt") else err  # tenacity.RetryError
+            raise RuntimeError(f"task {name}: cannot load its dataset: {type(cause).__name__}: {cause}") from cause
+        tasks.append(guard.attach(name, loaded[name]))
+    lm = SparseVLMModel.from_spec(spec, device)
+    lm.doc_guard = guard
     output = simple_evaluate(
         model=lm,
-        tasks=list(spec.task.lmms_tasks),
+        tasks=tasks,
         limit=spec.limit,
         batch_size=spec.batch_size,
-        log_samples=spec.log_samples,
+        log_samples=True,  # per-document rows are this harness's record of what ran
         task_manager=manager,
         random_seed=spec.seed,
         numpy_random_seed=spec.seed,
@@ -106,120 +164,232 @@ def evaluate(spec: RunSpec, device: str) -> tuple[dict[str, Any], dict[str, list
     return output["results"], output.get("samples") or {}, lm.efficiency_records
 
 
-def preflight(spec: RunSpec) -> None:
-    """Check the method against the checkpoint's config (depth, heads, visual tokens) before loading weights."""
-    import warnings
+# ------------------------------------------------------------------------------------------------------ one cell
+def _command() -> str:
+    """The command that reproduces this cell: its own overrides (also right under Slurm, where argv is submitit's)."""
+    if HydraConfig.initialized():
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.")]
+        return "python -m eval.run " + " ".join(overrides)
+    return " ".join(sys.argv)
 
-    from transformers import AutoConfig
 
+def rerun_reason(previous: RunRecord | None, spec: RunSpec, fingerprint: str | None, run_dir: Path) -> str | None:
+    """Why a cell must be (re)computed, or None when its record is complete and current."""
+    if previous is None:
+        return "no record"
+    if previous.status != "ok":
+        return f"the last attempt {previous.status}"
+    if spec.force:
+        return "force=true"
+    n_docs, n_failed = previous.documents.get("n") or 0, previous.documents.get("n_failed") or 0
+    if n_docs and n_failed / n_docs > spec.max_failed_fraction:
+        return f"{n_failed} of {n_docs} documents failed, more than max_failed_fraction={spec.max_failed_fraction}"
+    if previous.provenance.model_fingerprint != fingerprint:
+        return f"the checkpoint {spec.model.pretrained} changed since its record"
+    expected = previous.samples.get("sha256")
+    if expected and file_sha256(run_dir / previous.samples.get("file", "samples.jsonl")) != expected:
+        return "samples.jsonl does not match its record (an interrupted or corrupted write)"
+    if previous.provenance.code_hash != code_hash():
+        stale = f"recorded with code {previous.provenance.code_hash}, this is {code_hash()}"
+        if spec.stale == "rerun":
+            return f"stale: {stale} (stale=keep or stale=warn reuse it)"
+        if spec.stale == "warn":
+            log.warning("reusing %s although it is stale: %s", spec.run_id, stale)
+    return None
+
+
+def _read_previous(path: Path) -> RunRecord | None:
     try:
-        config = AutoConfig.from_pretrained(spec.model.pretrained, revision=spec.model.revision)
-    except (OSError, ValueError):
-        return  # no config reachable yet (e.g. hub offline): the model load reports it
-    text = getattr(config, "text_config", None)
-    n_visual = getattr(config, "image_seq_length", None)
-    if text is None or n_visual is None:
-        return
-    try:
-        spec.method.check_model(text.num_hidden_layers, text.num_attention_heads)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            spec.method.plan(text.num_hidden_layers, n_visual)
-    except ValueError as err:
-        raise ConfigError(
-            f"{err} ({spec.model.pretrained}: {text.num_hidden_layers} layers, {n_visual} visual tokens)"
-        ) from None
+        return load_record(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, RecordError) as err:
+        log.warning("unreadable record %s (%s): the cell reruns", path, err)
+        return None
 
 
-def run_cell(cfg: DictConfig) -> RunRecord:
-    """Run (or skip) one cell and write its record; a failure is recorded and, unless fail_fast, not raised."""
-    spec = spec_from_config(cfg)
-    preflight(spec)
-    record_path = spec.run_dir / "record.json"
-    fingerprint = model_fingerprint(spec.model.pretrained)
-    previous = read_record(record_path)
-    if not spec.force and previous is not None and previous.status == "ok":
-        if previous.provenance.model_fingerprint == fingerprint:
-            log.info("skip %s: complete record at %s (force=true reruns)", spec.run_id, record_path)
-            return previous
-        log.info("rerun %s: the checkpoint %s changed since its record", spec.run_id, spec.model.pretrained)
-    device = resolve_device(spec.model.device)
-    if spec.cpu_threads is not None:
-        import torch
+def _document_summary(guard: Any) -> dict[str, Any]:
+    examples = [f"{task} doc {doc_id}: {reason}" for (task, doc_id), reason in sorted(guard.failures.items())]
+    return {
+        "n": guard.n_docs,
+        "n_failed": len(guard.failures),
+        "n_warned": len(guard.warnings),
+        "failed_examples": examples[:FAILED_EXAMPLES],
+    }
 
-        torch.set_num_threads(spec.cpu_threads)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    record = RunRecord(
-        run_id=spec.run_id,
-        experiment=spec.experiment,
-        grid=spec.grid,
-        config=config,
-        status="running",
-        provenance=capture_provenance(spec.seed, device, " ".join(sys.argv), fingerprint),
-        is_full_eval=spec.limit is None,
-    )
-    spec.run_dir.mkdir(parents=True, exist_ok=True)
-    (spec.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    write_record(record, record_path)
-    log.info("run %s -> %s", spec.run_id, spec.run_dir)
+
+def _compute(spec: RunSpec, record: RunRecord, device: str) -> tuple[list[dict[str, Any]], Exception | None]:
+    """Evaluate into `record` (status ok, or failed with the reason); returns the per-document rows and the error."""
+    from eval.docguard import DocGuard
+
+    guard = DocGuard(group_size=spec.task.limit_multiple)
     rows: list[dict[str, Any]] = []
-    error: BaseException | None = None
-    started = time.perf_counter()
+    error = None
     try:
-        results, samples, efficiency = evaluate(spec, device)
+        results, samples, efficiency = evaluate(spec, device, guard)
+        rows = _sample_rows(samples, efficiency, guard)
         record.metrics = _clean_metrics(results)
+        value, missing = primary_value(results, spec)
         record.primary = {
             "column": spec.task.column,
-            "value": primary_value(results, spec),
+            "value": value,
             "metrics": list(spec.task.metrics),
             "combine": spec.task.combine,
             "scale": spec.task.scale,
+            "missing": missing,
         }
         record.efficiency = aggregate_efficiency(efficiency)
-        rows = _sample_rows(samples, efficiency)
-        if record.primary["value"] is None:
-            raise RuntimeError(f"lmms-eval results lack {spec.task.metrics} for {spec.task.lmms_tasks}")
+        record.documents = _document_summary(guard)
+        n_docs, n_failed = record.documents["n"], record.documents["n_failed"]
+        if n_docs and n_failed / n_docs > spec.max_failed_fraction:
+            raise RuntimeError(
+                f"{n_failed} of {n_docs} documents failed ({n_failed / n_docs:.1%} > max_failed_fraction "
+                f"{spec.max_failed_fraction:.1%}): " + "; ".join(record.documents["failed_examples"])
+            )
+        if value is None:
+            raise RuntimeError(f"lmms-eval results lack {', '.join(missing)}")
         record.status = "ok"
     except Exception as err:
         error = err
         record.status = "failed"
-        record.error = f"{type(err).__name__}: {err}"
+        record.error = f"{type(err).__name__}: {str(err).strip()}"
+        record.documents = record.documents or _document_summary(guard)
+        rows = rows or _sample_rows({}, [], guard)
         log.error("cell %s failed: %s\n%s", spec.run_id, record.error, traceback.format_exc())
-    record.provenance.finished_at = now()
-    if rows:
-        with open(spec.run_dir / "samples.jsonl", "w") as handle:
-            handle.writelines(json.dumps(row) + "\n" for row in rows)
-    write_record(record, record_path)
-    log.info(
-        "%s %s in %.1f s: %s = %s",
-        record.status,
-        spec.run_id,
-        time.perf_counter() - started,
-        spec.task.column,
-        record.primary.get("value"),
-    )
-    if spec.logger["name"] == "wandb":
-        from eval.wandb_logger import log_run
+    return rows, error
 
-        record.wandb = log_run(record, rows, spec.logger, spec.run_dir)
-        write_record(record, record_path)
+
+def _finish(spec: RunSpec, record: RunRecord, rows: list[dict[str, Any]], keep_previous_ok: bool) -> None:
+    """Write samples.jsonl then record.json (atomically, record last); an I/O error becomes the cell's failure."""
+    run_dir = spec.run_dir
+    record.provenance.finished_at = now()
+    target = run_dir / ("failed_attempt.json" if keep_previous_ok and record.status != "ok" else "record.json")
+    try:
+        if target.name == "record.json" and (rows or spec.log_samples):
+            sha = write_jsonl(rows if spec.log_samples else [], run_dir / "samples.jsonl")
+            record.samples = {"file": "samples.jsonl", "sha256": sha, "rows": len(rows) if spec.log_samples else 0}
+        write_record(record, target)
+    except OSError as err:  # e.g. ENOSPC: say so in the record if there is still room for that
+        record.status, record.error = "failed", f"OSError writing the cell's files: {err}"
+        record.samples = {}
+        write_record(record, target)
+
+
+def _log_wandb(spec: RunSpec, record: RunRecord, rows: list[dict[str, Any]] | None) -> None:
+    """Log an ok cell to W&B (rows read back from samples.jsonl when resuming) and store the outcome in its record."""
+    from eval.wandb_logger import log_run
+
+    if rows is None:
+        path = spec.run_dir / record.samples.get("file", "samples.jsonl")
+        rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    record.wandb = {"status": "pending"}  # if this process dies while logging, the next run logs again
+    write_record(record, spec.run_dir / "record.json")
+    record.wandb = log_run(record, rows, spec.logger, spec.run_dir)
+    write_record(record, spec.run_dir / "record.json")
+
+
+def run_cell(cfg: DictConfig, check_device: bool = True) -> CellOutcome:
+    """Run (or skip) one cell under its lock; never raises for a config error or a failed cell (unless fail_fast)."""
+    try:
+        spec = spec_from_config(cfg)
+        device = preflight(spec, check_device=check_device)
+    except ConfigError as err:
+        return CellOutcome("rejected", None, str(err))
+    run_dir, record_path = spec.run_dir, spec.run_dir / "record.json"
+    fingerprint = model_fingerprint(spec.model.pretrained)
+    with cell_lock(
+        run_dir,
+        on_wait=lambda holder: log.info(
+            "%s is being computed by %s: waiting for it, then skipping it if it completes", spec.run_id, holder
+        ),
+    ):
+        removed = remove_temp_files(run_dir)
+        if (run_dir / "running.json").exists():  # we hold the lock: whoever wrote it is gone
+            removed.append(run_dir / "running.json")
+            (run_dir / "running.json").unlink()
+        if removed:
+            log.info("%s: cleaned up after an interrupted run: %s", spec.run_id, ", ".join(p.name for p in removed))
+        previous = _read_previous(record_path)
+        reason = rerun_reason(previous, spec, fingerprint, run_dir)
+        if reason is None:
+            log.info("skip %s: complete record at %s (force=true reruns)", spec.run_id, record_path)
+            if spec.logger["name"] == "wandb" and (previous.wandb or {}).get("status") not in ("ok", "disabled"):
+                _log_wandb(spec, previous, None)
+            return CellOutcome("skipped", spec.run_id, "complete", previous)
+        log.info("run %s -> %s (%s)", spec.run_id, run_dir, reason)
+        if spec.cpu_threads is not None:
+            import torch
+
+            torch.set_num_threads(spec.cpu_threads)
+        attempt = uuid.uuid4().hex[:8]
+        write_json(
+            {"attempt": attempt, "pid": os.getpid(), "host": socket.gethostname(), "started_at": now()},
+            run_dir / "running.json",
+        )
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        record = RunRecord(
+            run_id=spec.run_id,
+            experiment=spec.experiment,
+            grid=spec.grid,
+            config=OmegaConf.to_container(cfg, resolve=True),
+            status="failed",
+            provenance=capture_provenance(spec.seed, device, _command(), fingerprint),
+            is_full_eval=spec.limit is None,
+        )
+        started = time.perf_counter()
+        rows, error = _compute(spec, record, device)
+        keep_previous_ok = previous is not None and previous.status == "ok"
+        _finish(spec, record, rows, keep_previous_ok)
+        (run_dir / "running.json").unlink(missing_ok=True)
+        log.info(
+            "%s %s in %.1f s: %s = %s",
+            record.status,
+            spec.run_id,
+            time.perf_counter() - started,
+            spec.task.column,
+            record.primary.get("value"),
+        )
+        if record.status == "ok" and spec.logger["name"] == "wandb":
+            _log_wandb(spec, record, rows)
     if error is not None and spec.fail_fast:
         raise error
-    return record
+    if record.status != "ok":
+        kept = " (the previous ok record is kept; see failed_attempt.json)" if keep_previous_ok else ""
+        return CellOutcome("failed", spec.run_id, (record.error or "") + kept, record)
+    return CellOutcome("ok", spec.run_id, f"{spec.task.column} = {record.primary['value']:.4g}", record)
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point: one cell per call (Hydra's launcher loops over sweeps)."""
-    try:
-        record = run_cell(cfg)
-    except ConfigError as err:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:  # one bad combination must not stop the other cells
-            log.error("config error, cell skipped: %s", err)
-            return None
-        print(f"config error: {err}", file=sys.stderr)
+# ------------------------------------------------------------------------------------------------------ CLI
+def describe_outcome(outcome: CellOutcome) -> str:
+    """One line for a cell's outcome."""
+    return f"{outcome.status}: {outcome.run_id or '(no run id)'}: {outcome.detail}"
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")  # absolute: any caller works
+def hydra_main(cfg: DictConfig) -> dict[str, Any]:
+    """One cell per call; a single run exits with the cell's status, a sweep's cells return it to the sweeper."""
+    outcome = run_cell(cfg)
+    if HydraConfig.get().mode == RunMode.RUN:
+        if outcome.status == "rejected":
+            print(f"config error: {outcome.detail}", file=sys.stderr)
+        else:
+            print(describe_outcome(outcome), file=sys.stderr if outcome.status == "failed" else sys.stdout)
+        sys.exit(EXIT_CODES[outcome.status])
+    return outcome.to_dict()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: check that the config composes (one line, exit 2, if not), then hand over to Hydra."""
+    from eval.cli import composition_error
+
+    args = sys.argv[1:] if argv is None else argv
+    error = composition_error(args)
+    if error is not None:
+        print(f"config error: {error}", file=sys.stderr)
         sys.exit(2)
-    return record.primary.get("value")
+    multirun = [a for a in args if a in ("-m", "--multirun")]  # Hydra's parser wants flags before the overrides
+    sys.argv = [sys.argv[0], *multirun, *(a for a in args if a not in multirun)]
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -3,13 +3,27 @@
 with sparsevlm.attach(model, sparsevlm.SparseVLM(budget=64)) as trace:
     model.generate(**inputs)
 trace.last.equivalent_tokens
+
+Names are imported on first use, so building and validating a method (e.g. a config check) never imports torch or
+transformers.
 """
 
-from sparsevlm.engine import attach
-from sparsevlm.methods.base import PruningMethod
-from sparsevlm.methods.baselines import Dense, FastV, RandomPrune
-from sparsevlm.methods.sparsevlm import SparseVLM
-from sparsevlm.trace import PruneTrace, SampleTrace, StageRecord
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "attach": "sparsevlm.engine",
+    "PruningMethod": "sparsevlm.methods.base",
+    "Dense": "sparsevlm.methods.baselines",
+    "FastV": "sparsevlm.methods.baselines",
+    "RandomPrune": "sparsevlm.methods.baselines",
+    "SparseVLM": "sparsevlm.methods.sparsevlm",
+    "PruneTrace": "sparsevlm.trace",
+    "SampleTrace": "sparsevlm.trace",
+    "StageRecord": "sparsevlm.trace",
+}
 
 __all__ = [
     "Dense",
@@ -22,3 +36,23 @@ __all__ = [
     "StageRecord",
     "attach",
 ]
+
+if TYPE_CHECKING:
+    from sparsevlm.engine import attach
+    from sparsevlm.methods.base import PruningMethod
+    from sparsevlm.methods.baselines import Dense, FastV, RandomPrune
+    from sparsevlm.methods.sparsevlm import SparseVLM
+    from sparsevlm.trace import PruneTrace, SampleTrace, StageRecord
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first access (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'sparsevlm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
-from transformers.models.llama import modeling_llama
+if TYPE_CHECKING:
+    from torch import nn
 
-# (multimodal model_type, text model_type) -> RoPE application of that text model.
-SUPPORTED: dict[tuple[str, str], Callable] = {("llava", "llama"): modeling_llama.apply_rotary_pos_emb}
+# (multimodal model_type, text model_type) -> the text model's RoPE function, as "module:function". Strings, so that
+# checking a checkpoint's config against this table imports neither torch nor transformers.
+SUPPORTED: dict[tuple[str, str], str] = {
+    ("llava", "llama"): "transformers.models.llama.modeling_llama:apply_rotary_pos_emb",
+}
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+
+
+def check_supported(mm_type: object, text_type: object) -> None:
+    """Raise a one-line ValueError unless (multimodal model_type, text model_type) is a supported pair."""
+    if (mm_type, text_type) not in SUPPORTED:
+        supported = ", ".join(f"{m} with a {t} text model" for m, t in SUPPORTED)
+        raise ValueError(
+            f"model: unsupported model_type={mm_type!r} with text model {text_type!r}; supported: {supported} "
+            "(e.g. transformers.LlavaForConditionalGeneration, llava-hf/llava-1.5-7b-hf)"
+        )
+
+
+def _rope_function(mm_type: str, text_type: str) -> Callable:
+    module, name = SUPPORTED[(mm_type, text_type)].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 @dataclass(frozen=True)
@@ -39,12 +59,10 @@ def resolve(model: nn.Module) -> ArchSpec:
     config = getattr(model, "config", None)
     mm_type = getattr(config, "model_type", None)
     text_type = getattr(getattr(config, "text_config", None), "model_type", None)
-    if (mm_type, text_type) not in SUPPORTED:
-        supported = ", ".join(f"{m} with a {t} text model" for m, t in SUPPORTED)
-        raise ValueError(
-            f"model: unsupported {type(model).__name__} (model_type={mm_type!r}, text model {text_type!r}); "
-            f"supported: {supported} (e.g. transformers.LlavaForConditionalGeneration, llava-hf/llava-1.5-7b-hf)"
-        )
+    try:
+        check_supported(mm_type, text_type)
+    except ValueError as err:
+        raise ValueError(f"{err} [got a {type(model).__name__}]") from None
     mm_model = model.model
     text_model = mm_model.language_model
     text_config = config.text_config
@@ -59,7 +77,7 @@ def resolve(model: nn.Module) -> ArchSpec:
         text_model=text_model,
         layers=text_model.layers,
         rotary=text_model.rotary_emb,
-        apply_rope=SUPPORTED[(mm_type, text_type)],
+        apply_rope=_rope_function(mm_type, text_type),
         image_token_id=config.image_token_id,
         n_heads=text_config.num_attention_heads,
         n_kv_heads=text_config.num_key_value_heads,

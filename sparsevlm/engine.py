@@ -212,6 +212,7 @@ class _Engine:
                     visual_out=[],
                     raters=[] if rater is None else (rater + start + count).tolist(),
                     image_start=start,
+                    text_tokens=length - start - count,
                 )
             )
         counts = valid.sum(dim=1)

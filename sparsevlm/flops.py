@@ -154,12 +154,12 @@ class FlopsBreakdown:
         return {**asdict(self), "overhead": self.overhead, "total": self.total}
 
 
-def full_flops(config: Any, sample: SampleTrace, score_rows: int, n_text: int | None = None) -> FlopsBreakdown:
+def full_flops(config: Any, sample: SampleTrace, score_rows: int) -> FlopsBreakdown:
     """Full prefill MACs of one traced sample.
 
     score_rows: attention rows scored at each pruning layer (SparseVLM: the raters, len(sample.raters); FastV: 1;
-    random: 0). Rater selection (Nv * Nt * d) is counted when sample.raters is non-empty; Nt = n_text, the tokens
-    after the image block, defaults to prompt_tokens - image_start - n_visual (exact without left padding).
+    random: 0). Rater selection (Nv * Nt * d) is counted when sample.raters is non-empty; Nt = sample.text_tokens, the
+    tokens after the image block as traced (left padding never counts).
     Recycling counts the candidates' distance matrix n1^2 * d, with n1 = the members of all merged groups; a v1.0 rank
     stage adds R * Nv * min(R, Nv) for the SVD (an order-of-magnitude estimate).
     """
@@ -169,9 +169,7 @@ def full_flops(config: Any, sample: SampleTrace, score_rows: int, n_text: int | 
     d = shape.hidden
     decoder = sum(decoder_layer_flops(n, shape) for n in sample.tokens_in)
     vision, projector = vision_flops(vshape, sample.n_visual)
-    if n_text is None:
-        n_text = sample.prompt_tokens - sample.image_start - sample.n_visual
-    raters = sample.n_visual * n_text * d if sample.raters else 0
+    raters = sample.n_visual * sample.text_tokens * d if sample.raters else 0
     scoring = recycling = 0
     for stage in sample.stages:
         scoring += score_rows * sample.tokens_in[stage.layer] * shape.n_heads * shape.head_dim

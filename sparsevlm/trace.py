@@ -35,6 +35,7 @@ class SampleTrace:
     stages: list[StageRecord] = field(default_factory=list)
     raters: list[int] = field(default_factory=list)  # rater tokens as indices into the prefill input_ids row
     image_start: int = 0  # index of the first visual token in the prefill input_ids row (padding included)
+    text_tokens: int = 0  # tokens after the visual block (the rater candidates); padding is on the left, never here
 
     @property
     def equivalent_tokens(self) -> float:

@@ -78,7 +78,7 @@ def test_table1_covers_the_paper_grid():
         (["limit=0"], "limit: expected a positive int or null"),
         (["batch_size=-2"], "batch_size: expected a positive int"),
         (["method.options.version=3"], "version: got 3, allowed"),
-        (["+method.options.colour=red"], "method.colour: not an option of 'sparsevlm'"),
+        (["+method.options.colour=red"], "method.options.colour: not an option of 'sparsevlm'"),
         (["method=sparsevlm_v1", "budget=100"], "rank rule has calibrated scale/bias only"),
         (["task.combine=max"], "task.combine: got 'max', allowed: mean, sum"),
         (["logger=wandb", "logger.mode=cloud"], "logger.mode: got 'cloud'"),
@@ -95,3 +95,18 @@ def test_unknown_group_option_is_rejected_by_hydra():
 
     with pytest.raises(MissingConfigException, match="method"):
         _compose("method=pdrop")
+
+
+@pytest.mark.parametrize(("written", "version"), [("2.0", "2.0"), ("1.5", "1.5"), ("1", "1.0"), ("'2.0'", "2.0")])
+def test_versions_work_as_written_in_the_readme(written, version):
+    spec = spec_from_config(_compose(f"method.options.version={written}", "budget=64"))
+    assert spec.method.version == version
+
+
+@pytest.mark.parametrize(
+    ("override", "value"),
+    [("force=true", True), ("force=false", False), ("fail_fast=true", True), ("log_samples=false", False)],
+)
+def test_booleans_are_parsed_as_booleans(override, value):
+    spec = spec_from_config(_compose(override))
+    assert getattr(spec, override.split("=")[0]) is value

@@ -254,7 +254,7 @@ def test_bad_inputs_and_models_fail_with_one_line_errors(llava32):
     llm = LlamaForCausalLM(
         LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, vocab_size=64)
     )
-    with pytest.raises(ValueError, match="model: unsupported LlamaForCausalLM"):
+    with pytest.raises(ValueError, match=r"model: unsupported model_type=.llama.*\[got a LlamaForCausalLM\]"):
         sparsevlm.attach(llm, SparseVLM(budget=64)).__enter__()
     with pytest.raises(TypeError, match="method: expected a sparsevlm method"):
         sparsevlm.attach(llava32, "sparsevlm").__enter__()

@@ -130,6 +130,7 @@ def test_rank_stage_adds_svd_estimate(llava32):
         stages=[stage],
         raters=[590, 591, 592, 593, 594],
         image_start=4,
+        text_tokens=20,
     )
     full = flops.full_flops(llava32.config, sample, score_rows=5)
     assert full.recycling == 2 * 2 * 64 + 5 * 576 * 5
@@ -172,3 +173,21 @@ def test_llava_7b_shapes_on_meta_device():
     vision, _ = flops.vision_flops(flops.vision_shape(config), 576)
     assert measured == 2 * vision
     assert 32 * flops.paper_layer_flops(651, D7B, M7B) / 1e12 == pytest.approx(4.327, abs=1e-3)  # environment.md §5
+
+
+def test_padded_batch_counts_each_samples_own_text(llava32):
+    """Left padding must not enter the text length: rater selection is Nv x (tokens after the image) x d per sample."""
+    questions = (3, 25)
+    inputs = make_inputs(question_lengths=questions)
+    method = sparsevlm.SparseVLM(budget=64)
+    with torch.no_grad(), sparsevlm.attach(llava32, method) as trace:
+        llava32(**inputs, logits_to_keep=1)
+    samples = trace.samples
+    d = llava32.config.text_config.hidden_size
+    for sample, q_len in zip(samples, questions, strict=True):
+        assert sample.text_tokens == q_len
+        full = flops.full_flops(llava32.config, sample, flops.scored_rows(method, sample))
+        assert full.rater_selection == 576 * q_len * d
+        paper = flops.paper_flops(llava32.config, sample)
+        assert full.total >= paper > 0
+    assert samples[0].image_start > 5  # the short question is padded on the left

@@ -202,7 +202,7 @@ def test_loglikelihood_and_multi_round(pruned_run):
         ("method=sparsevlm,budget=-3", "budget: expected a positive int, got -3"),
         ("method=sparsevlm,budget=64,version=3.0", "version: got '3.0', allowed: '1.0', '1.5', '2.0'"),
         ("method=fastv,budget=64,version=2.0", "version: only method=sparsevlm has versions"),
-        ("method=sparsevlm,budget=64,heads_top=3", "method.heads_top: not an option of 'sparsevlm'"),
+        ("method=sparsevlm,budget=64,heads_top=3", "method.options.heads_top: not an option of 'sparsevlm'"),
         ("method=dense,dtype=float8", "dtype: got 'float8', allowed: float32, float16, bfloat16"),
         ("method=dense,attn_implementation=flex", "attn_implementation: got 'flex', allowed: sdpa, eager"),
         ("method=dense,batch_size=0", "batch_size: expected a positive int, got 0"),

@@ -128,8 +128,25 @@ def save_tiny_checkpoint(path: str | Path, n_layers: int = 8, seed: int = 0) -> 
     return path
 
 
-def write_pope_fixture(directory: str | Path, n: int = 8, seed: int = 0) -> Path:
-    """Write `n` POPE-shaped rows (official columns, random images, balanced answers) to directory/test.parquet."""
+def _png_bytes(image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# What write_pope_fixture can break in a row (the bad-data cases the runner must isolate per document).
+CORRUPTIONS = ("garbage_image", "null_image", "null_question", "null_answer", "truncated_image")
+
+
+def write_pope_fixture(
+    directory: str | Path, n: int = 8, seed: int = 0, corrupt: dict[int, str] | None = None, name: str = "test"
+) -> Path:
+    """Write `n` POPE-shaped rows (official columns, random images, balanced answers) to directory/<name>.parquet.
+
+    corrupt maps a row index to one of CORRUPTIONS; that row is broken that way (images are stored as PNG bytes).
+    """
     import datasets
     import numpy as np
     from PIL import Image
@@ -139,17 +156,29 @@ def write_pope_fixture(directory: str | Path, n: int = 8, seed: int = 0) -> Path
     rows = []
     for i in range(n):
         image = Image.fromarray(pixels.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8))
-        rows.append(
-            {
-                "id": str(i),
-                "question_id": str(i),
-                "question": f"Is there a {rng.choice(OBJECTS)} in the image?",
-                "answer": "yes" if i % 2 == 0 else "no",
-                "image_source": f"synthetic_{i // 2:04d}",
-                "image": image,
-                "category": ("adversarial", "popular", "random")[i % 3],
-            }
-        )
+        row = {
+            "id": str(i),
+            "question_id": str(i),
+            "question": f"Is there a {rng.choice(OBJECTS)} in the image?",
+            "answer": "yes" if i % 2 == 0 else "no",
+            "image_source": f"synthetic_{i // 2:04d}",
+            "image": {"bytes": _png_bytes(image), "path": None},
+            "category": ("adversarial", "popular", "random")[i % 3],
+        }
+        kind = (corrupt or {}).get(i)
+        if kind == "garbage_image":
+            row["image"] = {"bytes": bytes(range(256)) * 4, "path": None}
+        elif kind == "truncated_image":
+            row["image"] = {"bytes": row["image"]["bytes"][: len(row["image"]["bytes"]) * 2 // 3], "path": None}
+        elif kind == "null_image":
+            row["image"] = None
+        elif kind == "null_question":
+            row["question"] = None
+        elif kind == "null_answer":
+            row["answer"] = None
+        elif kind is not None:
+            raise ValueError(f"corrupt: got {kind!r}, allowed: {', '.join(CORRUPTIONS)}")
+        rows.append(row)
     features = datasets.Features(
         {
             "id": datasets.Value("string"),
@@ -163,7 +192,7 @@ def write_pope_fixture(directory: str | Path, n: int = 8, seed: int = 0) -> Path
     )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    out = directory / "test.parquet"
+    out = directory / f"{name}.parquet"
     datasets.Dataset.from_list(rows, features=features).to_parquet(str(out))
     return out
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
+if TYPE_CHECKING:  # methods are built and validated without torch (config checks); decide() imports it
+    import torch
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,40 @@ class PruningMethod:
         """Raise a one-line ValueError if the method cannot run on a model of this shape."""
 
 
+def _matches(value: Any, annotation: Any) -> bool:
+    """Whether value fits a field annotation (int, float, str, bool, None, unions, tuple[X, ...]); ints fit float."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin is tuple:
+        item = typing.get_args(annotation)[0]
+        return isinstance(value, tuple | list) and all(_matches(v, item) for v in value)
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, annotation) if isinstance(annotation, type) else True
+
+
+def _describe(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "").replace("NoneType", "None")
+
+
+def check_field_types(method: object) -> None:
+    """Raise a one-line ValueError naming the first dataclass field whose value does not fit its annotation."""
+    hints = typing.get_type_hints(type(method))
+    for f in dataclasses.fields(method):
+        value = getattr(method, f.name)
+        if not _matches(value, hints[f.name]):
+            raise ValueError(f"{f.name}: expected {_describe(hints[f.name])}, got {value!r}")
+
+
 def check_budget(budget: object) -> None:
     """Budgets are positive integers (equivalent visual tokens)."""
     if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
@@ -77,4 +115,4 @@ def check_choice(name: str, value: object, allowed: tuple) -> None:
 
 def topk_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k highest scores, in ascending position order (the reference selects through a 0/1 mask)."""
-    return torch.sort(torch.topk(scores, k).indices).values
+    return scores.topk(k).indices.sort().values

@@ -6,8 +6,6 @@ import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-
 from sparsevlm.methods.base import (
     Plan,
     PruningMethod,
@@ -15,6 +13,7 @@ from sparsevlm.methods.base import (
     StageInput,
     check_budget,
     check_choice,
+    check_field_types,
     topk_sorted,
 )
 from sparsevlm.schedule import PAPER_DEPTH, map_layers, single_stage_keep
@@ -77,6 +76,7 @@ class FastV(PruningMethod):
 
     def __post_init__(self) -> None:
         check_budget(self.budget)
+        check_field_types(self)
         _check_layer(self.layer)
         check_choice("convention", self.convention, ("output", "input"))
         check_choice("positions", self.positions, ("original", "contiguous"))
@@ -112,6 +112,7 @@ class RandomPrune(PruningMethod):
 
     def __post_init__(self) -> None:
         check_budget(self.budget)
+        check_field_types(self)
         _check_layer(self.layer)
         check_choice("convention", self.convention, ("output", "input"))
         check_choice("positions", self.positions, ("original", "contiguous"))
@@ -126,6 +127,8 @@ class RandomPrune(PruningMethod):
         return _single_stage_plan(self, n_layers, n_visual, None)
 
     def decide(self, inp: StageInput, plan: Plan) -> StageDecision:
+        import torch
+
         n_visual = inp.hidden.shape[0]
         perm = torch.randperm(n_visual, generator=inp.generator)
         return StageDecision(kept=torch.sort(perm[: min(plan.keeps[inp.stage], n_visual)]).values.to(inp.hidden.device))

@@ -6,8 +6,6 @@ import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-
 from sparsevlm.methods.base import (
     Plan,
     PruningMethod,
@@ -15,9 +13,9 @@ from sparsevlm.methods.base import (
     StageInput,
     check_budget,
     check_choice,
+    check_field_types,
     topk_sorted,
 )
-from sparsevlm.recycle import dpc_knn_clusters, merge_clusters
 from sparsevlm.schedule import (
     V10_LAYERS,
     V10_SCALE_BIAS,
@@ -50,7 +48,7 @@ class SparseVLM(PruningMethod):
     """
 
     budget: int = 192
-    version: str = "1.5"
+    version: str = "1.5"  # numbers are accepted as written in configs (2.0, 1.5, 1 -> "2.0", "1.5", "1.0")
     prune_layers: tuple[int, ...] | None = None  # None: the version's layers, mapped to the model's depth
     keeps: tuple[int, ...] | None = None  # None: the version's table, or derived for other budgets/depths
     keep_rule: str | None = None  # "table" | "rank"
@@ -70,8 +68,13 @@ class SparseVLM(PruningMethod):
     name: ClassVar[str] = "sparsevlm"
 
     def __post_init__(self) -> None:
+        if isinstance(self.version, int | float) and not isinstance(self.version, bool):
+            written = f"{float(self.version):.1f}"
+            if written in VERSION_DEFAULTS:
+                object.__setattr__(self, "version", written)
         check_choice("version", self.version, tuple(VERSION_DEFAULTS))
         check_budget(self.budget)
+        check_field_types(self)
         for key, value in VERSION_DEFAULTS[self.version].items():
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)
@@ -138,6 +141,10 @@ class SparseVLM(PruningMethod):
         return Plan(layers, keeps, **common)
 
     def decide(self, inp: StageInput, plan: Plan) -> StageDecision:
+        import torch
+
+        from sparsevlm.recycle import dpc_knn_clusters, merge_clusters
+
         attention = inp.attention  # [H, R, Nv]
         if self.heads is not None:  # SparseVLM+ §4.3: the heads that look at the image most
             top = attention.sum(dim=(1, 2)).topk(self.heads).indices
