@@ -201,7 +201,10 @@ class _Engine:
             vis_start.append(start)
             vis_len.append(count)
             raters.append(rater)
-            generators.append(_sample_generator(getattr(self.method, "seed", 0), input_ids[row][valid[row]]))
+            if plan.noise_seed is not None:  # the reference's stream: the default generator reseeded per generate()
+                generators.append(torch.Generator(device=device).manual_seed(plan.noise_seed))
+            else:
+                generators.append(_sample_generator(getattr(self.method, "seed", 0), input_ids[row][valid[row]]))
             samples.append(
                 SampleTrace(
                     n_layers=n_layers,

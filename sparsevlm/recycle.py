@@ -13,14 +13,15 @@ def dpc_knn_clusters(
     Follows the authors' `cluster_and_merge` (TCFormer DPC-kNN): distances scaled by 1/sqrt(D), density from the
     k = C nearest points (self included), delta = distance to the nearest denser point, centres = top-C delta*density.
     Ties in density are broken by `tie_break`: "index" (lower index is denser; deterministic) or "noise" (the
-    reference's 1e-6 * U[0, 1) added to the density, drawn from `generator`, in the input's dtype).
+    reference's 1e-6 * U[0, 1) added to the density: `torch.rand(1, N)` drawn from `generator` on its device, in the
+    input's dtype; with a generator seeded as the reference seeds torch this is the reference's own draw).
     """
     n, dim = x.shape
     dist = torch.cdist(x.float(), x.float()) / dim**0.5  # [N, N]
     knn = dist.topk(min(n_clusters, n), dim=-1, largest=False).values
     density = (-(knn**2).mean(dim=-1)).exp()  # [N]
     if tie_break == "noise":
-        noise = torch.rand(1, n, generator=generator, dtype=x.dtype).float()[0].to(x.device)
+        noise = torch.rand(1, n, generator=generator, device=generator.device, dtype=x.dtype).float()[0].to(x.device)
         density = density + noise * 1e-6
         denser = density[None, :] > density[:, None]  # denser[i, j]: j is denser than i
     else:

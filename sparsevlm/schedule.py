@@ -22,6 +22,7 @@ V20_TABLE = {192: (300, 200, 118), 128: (238, 108, 60), 96: (246, 54, 28), 64: (
 # Commit 91fb6d9, modelling_sparse_llama.py (pruning_loc) and scripts/v1_5/eval/{mme,pope,textvqa}.sh (--scale/--bias).
 V10_LAYERS = (2, 6, 15, 19)
 V10_SCALE_BIAS = {192: (13.5, 0.0), 128: (9.0, 6.0), 64: (0.8, 0.0)}
+V20_HEAD_FRACTION = 14 / 32  # SparseVLM+ averages the top-14 of LLaVA-7B's 32 heads
 
 
 def map_layers(layers: Sequence[int], n_layers: int, ref_depth: int = PAPER_DEPTH) -> tuple[int, ...]:
@@ -45,6 +46,25 @@ def map_layers(layers: Sequence[int], n_layers: int, ref_depth: int = PAPER_DEPT
             f"(mapped {tuple(mapped)}; the last pruning layer must be <= {n_layers - 2})"
         )
     return tuple(mapped)
+
+
+def rank_scale_bias(budget: int, n_visual: int) -> tuple[float, float]:
+    """Scale and bias of the v1.0 rank rule (keep = rank * scale + bias) for any budget and visual token count.
+
+    The authors calibrated three budgets of LLaVA-1.5's 576 tokens; those are returned verbatim. Elsewhere (ours):
+    interpolate scale and bias linearly in the budget fraction budget / n_visual between the calibrated fractions,
+    clamped outside them. The rank is bounded by the number of raters, not by n_visual, so the values are not rescaled
+    with n_visual; the measured equivalent tokens can differ from the budget (tables flag it).
+    """
+    if n_visual == PAPER_VISUAL and budget in V10_SCALE_BIAS:
+        return V10_SCALE_BIAS[budget]
+    points = sorted((b / PAPER_VISUAL, scale_bias) for b, scale_bias in V10_SCALE_BIAS.items())
+    fraction = min(max(budget / n_visual, points[0][0]), points[-1][0])
+    for (x0, (s0, b0)), (x1, (s1, b1)) in zip(points, points[1:], strict=False):
+        if x0 <= fraction <= x1:
+            t = (fraction - x0) / (x1 - x0)
+            return s0 + t * (s1 - s0), b0 + t * (b1 - b0)
+    raise AssertionError("unreachable")
 
 
 def recycled_count(n_deleted: int, fraction: float, cluster_ratio: float) -> int:

@@ -102,8 +102,14 @@ def run(model, inputs: dict, decide, positions_mode: str = "contiguous") -> torc
             hook.remove()
 
 
-def sparsevlm_decider(model, inputs: dict, version: str, budget: int, record: list):
-    """The spec's algorithm at layers 2/6/15 (v1.5, v2.0) or 2/6/15/19 with the rank rule (v1.0)."""
+def sparsevlm_decider(
+    model, inputs: dict, version: str, budget: int, record: list, top_heads: int | None = None, scale_bias=None
+):
+    """The spec's algorithm at layers 2/6/15 (v1.5, v2.0) or 2/6/15/19 with the rank rule (v1.0).
+
+    top_heads: v2.0's head count (default 14, or all heads of a smaller model); scale_bias: the rank rule's values
+    (default: the authors' calibration for the budget).
+    """
     embeds = inputs_embeds(model, inputs)
     ids = inputs["input_ids"][0]
     where = (ids == model.config.image_token_id).nonzero().squeeze(1)
@@ -123,12 +129,13 @@ def sparsevlm_decider(model, inputs: dict, version: str, budget: int, record: li
             cos, sin = rotary(ones, pos)
             q, k = apply_rotary_pos_emb(ones, ones, cos, sin)
             a = a / (q @ k.transpose(2, 3) / head_dim**0.5)[0]
-            top = a[:, rows, vs : vs + nv].sum(dim=(1, 2)).topk(14 if a.shape[0] >= 14 else a.shape[0]).indices
+            n_top = top_heads or (14 if a.shape[0] >= 14 else a.shape[0])
+            top = a[:, rows, vs : vs + nv].sum(dim=(1, 2)).topk(n_top).indices
             a = a[top]
         p = a.mean(dim=0)[rows, vs : vs + nv]
         score = p.mean(dim=0)
         if version == "1.0":
-            scale, bias = SCALE_BIAS[budget]
+            scale, bias = scale_bias or SCALE_BIAS[budget]
             rank = int(torch.linalg.matrix_rank(p))
             keep = nv if nv - rank == 0 else min(int(rank * scale + bias), nv - 1)
         else:

@@ -1,4 +1,4 @@
-"""Every config in conf/ composes, every experiment's grid validates, bad configs fail with one line."""
+"""Every config in conf/ composes, every experiment's grid validates, values are parsed as written."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from eval.config import ConfigError, spec_from_config
+from eval.config import spec_from_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -65,29 +65,7 @@ def test_table1_covers_the_paper_grid():
     assert {s.experiment for s in specs} == {"table1"}
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        (["method=dense"], "budget: dense keeps every visual token, so budget must be null"),
-        (["budget=0"], "budget: expected a positive int"),
-        (["budget=abc"], "budget: expected a positive int"),
-        (["method=sparsevlm", "budget=null"], "budget: method 'sparsevlm' needs a token budget"),
-        (["model=local"], "model.pretrained: missing"),
-        (["model.dtype=float8"], "model.dtype: got 'float8', allowed: float32, float16, bfloat16"),
-        (["model.device=tpu"], "model.device: got 'tpu'"),
-        (["limit=0"], "limit: expected a positive int or null"),
-        (["batch_size=-2"], "batch_size: expected a positive int"),
-        (["method.options.version=3"], "version: got 3, allowed"),
-        (["+method.options.colour=red"], "method.options.colour: not an option of 'sparsevlm'"),
-        (["method=sparsevlm_v1", "budget=100"], "rank rule has calibrated scale/bias only"),
-        (["task.combine=max"], "task.combine: got 'max', allowed: mean, sum"),
-        (["logger=wandb", "logger.mode=cloud"], "logger.mode: got 'cloud'"),
-    ],
-)
-def test_bad_configs_fail_before_loading_anything(overrides, message):
-    with pytest.raises(ConfigError, match=message) as info:
-        spec_from_config(_compose(*overrides))
-    assert "\n" not in str(info.value)
+# Bad configurations, one line each through the CLI: tests/test_bad_configs.py
 
 
 def test_unknown_group_option_is_rejected_by_hydra():

@@ -117,15 +117,35 @@ def test_keep_sets_match_naive_full_attention_reference(llava32, model_v2, versi
     assert (logits - ref_logits).abs().max() < 1e-5
 
 
-def test_fastv_matches_naive_reference(llava32):
+# FastV at K = 2 prunes the output of layer 1. Output-side convention (the paper's): layer 0 leaves 576 tokens and
+# 31 layers leave k, so (576 + 31 k) / 32 = 64 gives k = 47.48 -> 47. Input side: 2 layers read 576, 30 read k:
+# (2 * 576 + 30 k) / 32 = 64 gives k = 29.87 -> 30.
+FASTV_64_KEEP = {"output": 47, "input": 30}
+
+
+@pytest.mark.parametrize("convention", ["output", "input"])
+def test_fastv_matches_naive_reference(llava32, convention):
     inputs = make_inputs(seed=4)
     recorded = []
-    keep = sparsevlm.schedule.single_stage_keep(64, 1, 576, 32)
+    keep = FASTV_64_KEEP[convention]
     ref_logits = naive.run(llava32, inputs, naive.fastv_decider(2, keep, recorded), "original")
-    with sparsevlm.attach(llava32, FastV(budget=64, layer=2)) as trace:
+    with sparsevlm.attach(llava32, FastV(budget=64, layer=2, convention=convention)) as trace:
         logits = _logits(llava32, inputs)
-    assert trace.last.stages[0].layer == 1 and trace.last.stages[0].kept == recorded[0][1]
+    stage = trace.last.stages[0]
+    assert stage.layer == 1 and len(stage.kept) == keep and stage.kept == recorded[0][1]
     assert (logits - ref_logits).abs().max() < 1e-5
+    expected = (576 + 31 * keep) / 32  # equivalent tokens (output side) of what actually ran
+    assert trace.last.equivalent_tokens == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("convention", ["output", "input"])
+def test_random_keeps_fastvs_count_and_draws_per_sample(llava32, convention):
+    inputs = make_inputs(question_lengths=(7, 12), seed=8)
+    with sparsevlm.attach(llava32, RandomPrune(budget=64, convention=convention, seed=1)) as trace:
+        _logits(llava32, inputs)
+    first, second = (s.stages[0].kept for s in trace.samples)
+    assert len(first) == len(second) == FASTV_64_KEEP[convention]
+    assert first != second  # the draw depends on the sample's own tokens, not only on the seed
 
 
 # 4. ------------------------------------------------------------------------------------ decode consistency
@@ -225,7 +245,9 @@ def test_any_budget_on_the_paper_depth(llava32):
         ({"budget": True}, "budget: expected a positive int"),
         ({"version": "3.0"}, "version: got '3.0', allowed: '1.0', '1.5', '2.0'"),
         ({"positions": "shuffled"}, "positions: got 'shuffled'"),
-        ({"version": "1.0", "budget": 100}, "rank rule has calibrated scale/bias only"),
+        ({"version": "1.0", "scale": 2.0}, "scale, bias: give both"),
+        ({"version": "2.0", "head_fraction": 0.0}, "head_fraction: expected a value in"),
+        ({"tie_break": "random"}, "tie_break: got 'random', allowed: 'index', 'noise', 'reference'"),
         ({"keeps": (10, 5)}, "keeps: needs prune_layers"),
     ],
 )
@@ -234,21 +256,38 @@ def test_bad_method_fields_fail_fast(kwargs, match):
         SparseVLM(**kwargs)
 
 
-def test_bad_inputs_and_models_fail_with_one_line_errors(llava32):
-    with pytest.raises(ValueError, match="budget"):
+def test_a_budget_of_zero_is_refused():
+    with pytest.raises(ValueError, match="budget: expected a positive int"):
         FastV(budget=0)
-    with pytest.raises(ValueError, match="heads: top-14 head selection needs >= 14"):
-        sparsevlm.attach(llava32, SparseVLM(budget=64, version="2.0")).__enter__()
+
+
+def test_more_top_heads_than_the_model_has_are_refused(llava32):
+    with pytest.raises(ValueError, match="heads: top-14 head selection needs >= 14 attention heads, the model has 4"):
+        sparsevlm.attach(llava32, SparseVLM(budget=64, version="2.0", heads=14)).__enter__()
+
+
+def test_an_unreachable_budget_is_refused_at_the_prefill(llava32):
     with pytest.raises(ValueError, match="budget=8 is unreachable"):
         with sparsevlm.attach(llava32, SparseVLM(budget=8)):
             _logits(llava32, make_inputs())
-    text_only = make_inputs()
-    text_only["input_ids"] = text_only["input_ids"].masked_fill(text_only["input_ids"] == 250, 7)
-    with pytest.raises(ValueError, match="has no image tokens"), sparsevlm.attach(llava32, SparseVLM(budget=64)):
-        llava32(input_ids=text_only["input_ids"][:, :20], pixel_values=None)  # no image: nothing to prune, no error
-        batch = make_inputs(question_lengths=(5, 6))
-        batch["input_ids"][1] = batch["input_ids"][1].masked_fill(batch["input_ids"][1] == 250, 7)
-        llava32(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+
+def test_a_text_only_forward_is_left_alone(llava32):
+    text_only = make_inputs()["input_ids"].masked_fill(make_inputs()["input_ids"] == 250, 7)[:, :20]
+    with sparsevlm.attach(llava32, SparseVLM(budget=64)) as trace:
+        llava32(input_ids=text_only, pixel_values=None)
+    assert trace.samples == []
+
+
+def test_a_batch_row_without_an_image_is_refused(llava32):
+    batch = make_inputs(question_lengths=(5, 6))
+    batch["input_ids"][1] = batch["input_ids"][1].masked_fill(batch["input_ids"][1] == 250, 7)
+    with pytest.raises(ValueError, match="sample 1 of the batch has no image tokens"):
+        with sparsevlm.attach(llava32, SparseVLM(budget=64)):
+            llava32(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+
+def test_an_unsupported_model_is_refused():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     llm = LlamaForCausalLM(
@@ -256,8 +295,14 @@ def test_bad_inputs_and_models_fail_with_one_line_errors(llava32):
     )
     with pytest.raises(ValueError, match=r"model: unsupported model_type=.llama.*\[got a LlamaForCausalLM\]"):
         sparsevlm.attach(llm, SparseVLM(budget=64)).__enter__()
+
+
+def test_a_method_must_be_a_method_object(llava32):
     with pytest.raises(TypeError, match="method: expected a sparsevlm method"):
         sparsevlm.attach(llava32, "sparsevlm").__enter__()
+
+
+def test_right_padding_is_refused(llava32):
     right_padded = make_inputs(question_lengths=(5, 9))
     right_padded["attention_mask"][0] = right_padded["attention_mask"][0].flip(0)
     with pytest.raises(ValueError, match="pad on the left"), sparsevlm.attach(llava32, SparseVLM(budget=64)):

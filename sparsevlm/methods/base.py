@@ -21,6 +21,8 @@ class Plan:
     score_rows: str | None = None  # "raters" | "last" | None (no attention needed, e.g. random)
     gravity: bool = False  # divide rater attention by the RoPE distance prior (SparseVLM+)
     positions: str = "contiguous"  # "contiguous" (renumber survivors) | "original" (keep their positions)
+    rank_scale_bias: tuple[float, float] | None = None  # v1.0 rank rule: keep = rank * scale + bias
+    noise_seed: int | None = None  # per-sample generators seeded with this at every prefill (the reference's stream)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import ClassVar
@@ -18,20 +19,23 @@ from sparsevlm.methods.base import (
 )
 from sparsevlm.schedule import (
     V10_LAYERS,
-    V10_SCALE_BIAS,
     V15_LAYERS,
     V15_TABLE,
+    V20_HEAD_FRACTION,
     V20_TABLE,
     derive_keeps,
     map_layers,
+    rank_scale_bias,
 )
 
 # What each released version does (sparsevlm-algorithm.md §2); every entry is also a field that can be overridden.
 VERSION_DEFAULTS = {
-    "1.0": dict(keep_rule="rank", heads=None, gravity=False, recycle=True, positions="contiguous"),
-    "1.5": dict(keep_rule="table", heads=None, gravity=False, recycle=True, positions="contiguous"),
-    "2.0": dict(keep_rule="table", heads=14, gravity=True, recycle=False, positions="original"),
+    "1.0": dict(keep_rule="rank", head_fraction=1.0, gravity=False, recycle=True, positions="contiguous"),
+    "1.5": dict(keep_rule="table", head_fraction=1.0, gravity=False, recycle=True, positions="contiguous"),
+    "2.0": dict(keep_rule="table", head_fraction=V20_HEAD_FRACTION, gravity=True, recycle=False, positions="original"),
 }
+TIE_BREAKS = ("index", "noise", "reference")
+REFERENCE_SEED = 1234  # the authors' evaluation seeds torch with 1234 before each generate()
 
 
 @dataclass(frozen=True)
@@ -43,8 +47,12 @@ class SparseVLM(PruningMethod):
       "1.5"  ICML-era code (tag v1.5, b9619e6): fixed per-layer tables at layers 2/6/15, recycling. Default.
       "2.0"  SparseVLM+ (9e1f649, USE_VERSION=2_0): gravity-corrected attention, top-14 heads, no recycling,
              original position ids.
-    Deviations from the reference are fields too: `tie_break` (the reference adds random noise), `rank_rule`
-    ("paper": deleted = scale * (Nv - rank), Eq. 8), `raters="all"`, `rater_dtype="float32"`.
+    Deviations from the reference are fields too: `tie_break` ("reference": the authors' exact noise stream; "noise":
+    seeded noise of our own; "index": deterministic), `rank_rule` ("paper": deleted = scale * (Nv - rank), Eq. 8),
+    `raters="all"`, `rater_dtype="float32"`.
+    Any model (ours, documented in docs/method.md): v1.0 at budgets or visual counts the authors did not calibrate
+    interpolates scale/bias (schedule.rank_scale_bias); v2.0 on a model without 32 heads averages the top
+    round(14/32 * heads) heads (`head_fraction`).
     """
 
     budget: int = 192
@@ -53,17 +61,18 @@ class SparseVLM(PruningMethod):
     keeps: tuple[int, ...] | None = None  # None: the version's table, or derived for other budgets/depths
     keep_rule: str | None = None  # "table" | "rank"
     rank_rule: str = "code"  # "code": keep = rank * scale + bias | "paper": delete = scale * (Nv - rank)
-    scale: float | None = None  # rank rule; None: the authors' value for the budget
+    scale: float | None = None  # rank rule; None: the authors' value for the budget (interpolated elsewhere)
     bias: float | None = None
     raters: str = "relevant"  # "relevant": text tokens with above-mean relevance (the paper) | "all"
     rater_dtype: str = "model"  # "model": V @ T^T in the model's dtype, as the reference | "float32"
-    heads: int | None = None  # average the top-`heads` heads by rater->visual mass; None = all heads
+    heads: int | None = None  # average the top-`heads` heads by rater->visual mass; None: see head_fraction
+    head_fraction: float | None = None  # with heads=None: the top round(fraction * n_heads) heads (1.0 = all)
     gravity: bool | None = None
     recycle: bool | None = None
     recycle_fraction: float = 0.3  # tau: share of deleted tokens (best scores) offered to clustering
     cluster_ratio: float = 0.1  # theta: clusters per candidate
     positions: str | None = None  # "contiguous" | "original"
-    tie_break: str = "index"  # DPC-kNN density ties: "index" (deterministic) | "noise" (reference, seeded)
+    tie_break: str = "index"  # DPC-kNN density ties: "index" (deterministic) | "noise" (seeded) | "reference"
     seed: int = 0
     name: ClassVar[str] = "sparsevlm"
 
@@ -83,21 +92,15 @@ class SparseVLM(PruningMethod):
         check_choice("raters", self.raters, ("relevant", "all"))
         check_choice("rater_dtype", self.rater_dtype, ("model", "float32"))
         check_choice("positions", self.positions, ("contiguous", "original"))
-        check_choice("tie_break", self.tie_break, ("index", "noise"))
+        check_choice("tie_break", self.tie_break, TIE_BREAKS)
         if self.heads is not None and (not isinstance(self.heads, int) or self.heads < 1):
-            raise ValueError(f"heads: expected None (all heads) or a positive int, got {self.heads!r}")
+            raise ValueError(f"heads: expected None (see head_fraction) or a positive int, got {self.heads!r}")
+        if not 0 < self.head_fraction <= 1:
+            raise ValueError(f"head_fraction: expected a value in (0, 1], got {self.head_fraction!r}")
         if not 0 < self.recycle_fraction <= 1 or not 0 < self.cluster_ratio <= 1:
             raise ValueError("recycle_fraction and cluster_ratio: expected values in (0, 1]")
-        if self.keep_rule == "rank":
-            if self.scale is None or self.bias is None:
-                if self.budget not in V10_SCALE_BIAS:
-                    raise ValueError(
-                        f"budget: the rank rule has calibrated scale/bias only for budgets "
-                        f"{sorted(V10_SCALE_BIAS)}; pass scale= and bias= for budget={self.budget}"
-                    )
-                scale, bias = V10_SCALE_BIAS[self.budget]
-                object.__setattr__(self, "scale", scale if self.scale is None else self.scale)
-                object.__setattr__(self, "bias", bias if self.bias is None else self.bias)
+        if (self.scale is None) != (self.bias is None):
+            raise ValueError("scale, bias: give both (the rank rule keep = rank * scale + bias) or neither")
         if self.keeps is not None:
             object.__setattr__(self, "keeps", tuple(self.keeps))
             layers = self.prune_layers
@@ -107,6 +110,12 @@ class SparseVLM(PruningMethod):
             object.__setattr__(self, "prune_layers", tuple(self.prune_layers))
             if list(self.prune_layers) != sorted(set(self.prune_layers)):
                 raise ValueError(f"prune_layers: expected strictly increasing layers, got {self.prune_layers}")
+
+    def heads_used(self, n_heads: int) -> int:
+        """How many heads the scores average: `heads`, else round(head_fraction * n_heads), at least 1."""
+        if self.heads is not None:
+            return self.heads
+        return max(1, min(n_heads, int(math.floor(self.head_fraction * n_heads + 0.5))))
 
     def check_model(self, n_layers: int, n_heads: int) -> None:
         if self.heads is not None and self.heads > n_heads:
@@ -124,14 +133,16 @@ class SparseVLM(PruningMethod):
 
     def plan(self, n_layers: int, n_visual: int) -> Plan:
         layers = self.pruning_layers(n_layers)
-        common = dict(score_rows="raters", gravity=self.gravity, positions=self.positions)
+        noise_seed = REFERENCE_SEED if self.tie_break == "reference" else None
+        common = dict(score_rows="raters", gravity=self.gravity, positions=self.positions, noise_seed=noise_seed)
         if self.budget >= n_visual:
             warnings.warn(
                 f"sparsevlm: budget={self.budget} >= {n_visual} visual tokens; nothing is pruned", stacklevel=3
             )
             return Plan(positions=self.positions)
         if self.keep_rule == "rank":
-            return Plan(layers, (), **common)
+            scale_bias = (self.scale, self.bias) if self.scale is not None else rank_scale_bias(self.budget, n_visual)
+            return Plan(layers, (), rank_scale_bias=scale_bias, **common)
         if self.keeps is not None:
             return Plan(layers, self.keeps, **common)
         table = V20_TABLE if self.version == "2.0" else V15_TABLE
@@ -146,8 +157,9 @@ class SparseVLM(PruningMethod):
         from sparsevlm.recycle import dpc_knn_clusters, merge_clusters
 
         attention = inp.attention  # [H, R, Nv]
-        if self.heads is not None:  # SparseVLM+ §4.3: the heads that look at the image most
-            top = attention.sum(dim=(1, 2)).topk(self.heads).indices
+        n_heads = self.heads_used(attention.shape[0])
+        if n_heads < attention.shape[0]:  # SparseVLM+ §4.3: the heads that look at the image most
+            top = attention.sum(dim=(1, 2)).topk(n_heads).indices
             attention = attention[top]
         relation = attention.mean(dim=0)  # [R, Nv]
         scores = relation.mean(dim=0)  # [Nv]
@@ -155,10 +167,11 @@ class SparseVLM(PruningMethod):
         rank = None
         if self.keep_rule == "rank":
             rank = int(torch.linalg.matrix_rank(relation.float()))
+            scale, bias = plan.rank_scale_bias
             if self.rank_rule == "code":
-                keep = min(int(rank * self.scale + self.bias), n_visual - 1) if n_visual - rank != 0 else n_visual
+                keep = min(int(rank * scale + bias), n_visual - 1) if n_visual - rank != 0 else n_visual
             else:
-                keep = n_visual - min(int(self.scale * (n_visual - rank)), n_visual - 1)
+                keep = n_visual - min(int(scale * (n_visual - rank)), n_visual - 1)
             keep = max(keep, 0)
         else:
             keep = min(plan.keeps[inp.stage], n_visual - 1)
@@ -171,7 +184,8 @@ class SparseVLM(PruningMethod):
         n_candidates = int(self.recycle_fraction * deleted.numel()) + 1
         candidates = deleted[scores[deleted].topk(n_candidates).indices]  # best deleted first
         n_clusters = int(n_candidates * self.cluster_ratio) + 1
-        _, assign = dpc_knn_clusters(inp.hidden[candidates], n_clusters, self.tie_break, inp.generator)
+        tie_break = "noise" if self.tie_break == "reference" else self.tie_break  # same draw, reference-seeded stream
+        _, assign = dpc_knn_clusters(inp.hidden[candidates], n_clusters, tie_break, inp.generator)
         merged = merge_clusters(inp.hidden[candidates], assign, n_clusters)
         groups = [candidates[assign == c].tolist() for c in range(n_clusters)]
         return StageDecision(kept=kept, merged=merged, merged_groups=groups, rank=rank)
