@@ -5,20 +5,22 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint format clean demo reproduce-table1 report bench train-tiny
+.PHONY: help install test test-fast lint format clean demo demo-check reproduce-table1 report bench bench-zoo train-tiny
 
 LIMIT ?=
 LAUNCHER ?= local
 VERSION ?= 1.5
 EXPERIMENT ?= demo
 RESULTS ?= results/runs
-DEMO_OUT ?= results/demo
+DEMO_OUT ?=
 TINY_OUT ?= models/tiny-llava
 limit_arg = $(if $(LIMIT),limit=$(LIMIT),)
 # a continuation stage of the tiny LLaVA: no vision pre-training, short warm-up, every curriculum already at its end
 continue_flags = --vision-steps 0 --steps 1500 --lr 1e-3 --warmup 20 --align-frac 0 --ramp-frac 0.001 \
 	--dropout-until 0 --dropout-ramp 0.001
-sparsevlm_config = $(if $(filter 1.0,$(VERSION)),sparsevlm_v1,$(if $(filter 2.0,$(VERSION)),sparsevlm_v2,sparsevlm))
+# the conf/method file of SparseVLM release VERSION (the one whose options say that version)
+sparsevlm_config = $(basename $(notdir $(shell grep -l '^  version: "$(VERSION)"' conf/method/sparsevlm*.yaml)))
+demo_paths = $(if $(DEMO_OUT),--out $(DEMO_OUT) ,)--results-dir $(RESULTS)
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -28,9 +30,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev,harness]"
 	$(BIN)/pip install --quiet --no-deps lmms-eval==0.7.3
+	echo "$(CURDIR)" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/sparsevlm-checkout.pth"
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv: the project (editable), the harness stack (Hydra, lmms-eval, W&B) and dev tools
+install: $(STAMP)  ## create .venv: the library (editable), the harness checkout on its path, Hydra, lmms-eval, W&B, dev tools
 
 test: $(STAMP)  ## run the CPU test suite (installs first if needed)
 	$(BIN)/python -m pytest
@@ -46,12 +49,11 @@ format: $(STAMP)  ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-demo: $(STAMP)  ## Table 1 on the embedded tiny model + bundled data, CPU (LIMIT=n for a quicker pass)
-	@start=$$(date +%s); \
-	$(BIN)/python -m eval.run experiment=demo_dense results_dir=$(RESULTS) $(limit_arg) && \
-	$(BIN)/python -m eval.run experiment=demo results_dir=$(RESULTS) $(limit_arg) && \
-	$(BIN)/python -m eval.report --experiment demo --results-dir $(RESULTS) --out $(DEMO_OUT) && \
-	echo "make demo: done in $$(( $$(date +%s) - start )) s"
+demo: $(STAMP)  ## Table 1 on the embedded tiny model + bundled data, offline, CPU, ~4-5 min; tables in results/runs/demo_report/
+	$(BIN)/python -m eval.demo $(if $(LIMIT),--limit $(LIMIT) ,)$(demo_paths)
+
+demo-check: $(STAMP)  ## make demo (its committed settings), then compare with results/demo/ (exit 1 if it differs)
+	$(BIN)/python -m eval.demo $(demo_paths) --check results/demo
 
 train-tiny: $(STAMP)  ## retrain the embedded tiny LLaVA on CPU, all three stages of the committed recipe (~3 h; TINY_OUT=)
 	$(BIN)/python scripts/train_tiny_llava.py --out $(TINY_OUT)-stage1 --stop-after 2694 --max-minutes 1000 \
@@ -71,6 +73,10 @@ reproduce-table1: $(STAMP)  ## the paper's Table 1 on LLaVA-1.5-7B (GPU + HF hub
 
 bench: $(STAMP)  ## efficiency benchmark on CPU (32-layer shape, interleaved methods); GPU: see docs/efficiency.md
 	$(BIN)/python -m eval.bench --shape cpu-32l --repeats 5 --batches 1 4 8
+
+bench-zoo: $(STAMP)  ## the same benchmark for every registered method at 128 and 64 (methods below their floor are listed)
+	$(BIN)/python -m eval.bench --shape cpu-32l --repeats 3 --budgets 128 64 --versions 1.5 --baselines all \
+		--out results/bench/cpu-32l-zoo-cpu.json
 
 report: $(STAMP)  ## tables + plot for EXPERIMENT=<name> from its records (results/<name>/)
 	$(BIN)/python -m eval.report --experiment $(EXPERIMENT) --results-dir $(RESULTS)

@@ -8,6 +8,7 @@ eval.preflight; both raise ConfigError with one line.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -17,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
-from eval.registry import describe, make_method
+from eval.registry import METHODS, describe, make_method
 from sparsevlm.arch import ATTENTION_IMPLEMENTATIONS
 from sparsevlm.methods.base import PruningMethod
 
@@ -26,6 +27,7 @@ ATTENTION = ATTENTION_IMPLEMENTATIONS
 LOGGERS = ("none", "wandb")
 WANDB_MODES = ("offline", "online", "disabled")
 STALE_POLICIES = ("rerun", "warn", "keep")
+BUDGET_CONVENTIONS = ("native", "flops")
 # A name that becomes one path component: no separators, no "..", no leading dot or dash.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=-]*$")
 
@@ -48,6 +50,9 @@ ROOT_KEYS = {
     "max_failed_fraction",
     "stale",
     "allow_unpruned",
+    "budget_convention",
+    "flops_reference",
+    "flops_text_tokens",
 }
 MODEL_KEYS = {"name", "pretrained", "revision", "dtype", "attn_implementation", "device"}
 TASK_KEYS = {"name", "column", "lmms_tasks", "metrics", "combine", "scale", "include_path", "limit_multiple"}
@@ -102,18 +107,28 @@ class RunSpec:
     max_failed_fraction: float = 0.05
     stale: str = "rerun"
     allow_unpruned: bool = False
+    budget_convention: str = "native"  # "flops": the method's budget is resolved to match flops_reference's FLOPs
+    flops_reference: str = "sparsevlm"
+    flops_text_tokens: int = 118
+
+    def with_method(self, method: PruningMethod) -> RunSpec:
+        """The same cell with another method object (a budget resolved to a convention)."""
+        return dataclasses.replace(self, method=method)
 
     @property
     def grid(self) -> dict[str, Any]:
-        """The keys reporters pivot on."""
+        """The keys reporters pivot on (the budget as configured; the method holds the one that ran)."""
         version = getattr(self.method, "version", None)
-        return {
+        grid = {
             "model": self.model.name,
             "method": self.method.name,
             "version": version,
             "budget": self.budget,
             "task": self.task.name,
         }
+        if self.budget_convention != "native":  # the budget the method ran with, resolved from the configured one
+            grid |= {"budget_convention": self.budget_convention, "method_budget": self.method.budget}
+        return grid
 
     @property
     def run_id(self) -> str:
@@ -126,8 +141,11 @@ class RunSpec:
             "batch_size": self.batch_size,
             "seed": self.seed,
         }
+        if self.budget_convention != "native":
+            identity["budget_convention"] = [self.budget_convention, self.flops_reference, self.flops_text_tokens]
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
         label = self.method.name + (f"-v{self.grid['version']}" if self.grid["version"] else "")
+        label += "-flops" if self.budget_convention == "flops" else ""
         budget = "full" if self.budget is None else f"b{self.budget}"
         return f"{self.model.name}_{label}_{budget}_{self.task.name}_{digest}"
 
@@ -308,7 +326,12 @@ def spec_from_config(cfg: DictConfig) -> RunSpec:
         max_failed_fraction=number("max_failed_fraction", cfg.get("max_failed_fraction", 0.05), 0.0, 1.0),
         stale=choice("stale", cfg.get("stale", "rerun"), STALE_POLICIES),
         allow_unpruned=boolean("allow_unpruned", cfg.get("allow_unpruned", False)),
+        budget_convention=choice("budget_convention", cfg.get("budget_convention", "native"), BUDGET_CONVENTIONS),
+        flops_reference=choice("flops_reference", cfg.get("flops_reference", "sparsevlm"), tuple(METHODS)),
+        flops_text_tokens=integer("flops_text_tokens", cfg.get("flops_text_tokens", 118), minimum=0),
     )
+    if spec.budget_convention == "flops" and spec.budget is None:
+        raise ConfigError("budget_convention: flops needs a budget (the reference method's nominal budget)")
     if not spec.run_dir.resolve().is_relative_to(results_dir.resolve()):
         raise ConfigError(f"run_id: {spec.run_id!r} would write outside results_dir {str(results_dir)!r}")
     return spec

@@ -1,7 +1,8 @@
 """lmms-eval model plugin: a Hugging Face LLaVA with a sparsevlm pruning method attached to every forward pass.
 
-CLI (after `pip install -e .`, which registers the `lmms_eval.models` entry point):
-    python -m lmms_eval --model sparsevlm --model_args pretrained=llava-hf/llava-1.5-7b-hf,method=sparsevlm,budget=64 \
+CLI (lmms-eval's own, with this model registered; see eval.lmms_cli):
+    python -m eval.lmms_cli --model sparsevlm \
+        --model_args pretrained=llava-hf/llava-1.5-7b-hf,method=sparsevlm,budget=64 \
         --tasks pope --batch_size 1 --output_path out/
 Python:
     lm = SparseVLMModel(pretrained="llava-hf/llava-1.5-7b-hf", method="sparsevlm", budget=64)
@@ -12,8 +13,9 @@ from __future__ import annotations
 
 import ast
 import json
+import numbers
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,13 +24,12 @@ from lmms_eval.api.model import lmms
 from lmms_eval.models.model_utils.gen_metrics import log_metrics
 
 import sparsevlm
+from eval.config import ATTENTION, DTYPES, choice, integer
 from eval.registry import METHODS, make_method
 from sparsevlm import PruningMethod, SampleTrace
 from sparsevlm.flops import full_flops, paper_flops, scored_rows
 from sparsevlm.timing import GenerateTiming, timed_generate
 
-DTYPES = ("float32", "float16", "bfloat16")
-ATTENTION = ("sdpa", "eager", "flash_attention_2")
 VICUNA_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions. "
@@ -43,7 +44,7 @@ PROMPT_STYLES = ("auto", *PROMPTS)
 
 
 def manifests() -> list:
-    """Entry point for the `lmms_eval.models` group: `--model sparsevlm` resolves to SparseVLMModel."""
+    """lmms-eval manifests that make `--model sparsevlm` resolve to SparseVLMModel (registered by eval.lmms_cli)."""
     from lmms_eval.models.registry_v2 import ModelManifest
 
     return [ModelManifest(model_id="sparsevlm", simple_class_path="eval.lmms_model.SparseVLMModel")]
@@ -66,20 +67,21 @@ def _option(value: Any) -> Any:
     return value
 
 
+def _int(value: Any) -> Any:
+    """An integer given as a `--model_args` string ('64', ' 64 ') or any integral type (numpy's too) as an int;
+    anything else unchanged, for the check to refuse ('1.5', '064', 1.5, True)."""
+    if isinstance(value, str):
+        try:
+            number = int(value)
+        except ValueError:
+            return value
+        return number if str(number) == value.strip() else value
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+
+
 def _positive_int(name: str, value: Any) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = 0
-    if isinstance(value, bool) or number < 1 or str(number) != str(value).strip():
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    return number
-
-
-def _choice(name: str, value: Any, allowed: Sequence[str]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name}: got {value!r}, allowed: {', '.join(allowed)}")
-    return value
+    """A positive int from an int or its CLI string (eval.config.integer's check: ConfigError, a ValueError)."""
+    return integer(name, _int(value), minimum=1)
 
 
 def build_method(method: str | PruningMethod, budget: Any = None, version: Any = None, **options: Any) -> PruningMethod:
@@ -88,7 +90,7 @@ def build_method(method: str | PruningMethod, budget: Any = None, version: Any =
         if budget is not None or version is not None or options:
             raise ValueError("method: pass budget/version/options inside the method object, not next to it")
         return method
-    _choice("method", method, tuple(sorted(METHODS)))
+    choice("method", method, tuple(sorted(METHODS)))
     budget = _none(budget)
     if budget is not None:
         budget = _positive_int("budget", budget)
@@ -143,7 +145,7 @@ class SparseVLMModel(lmms):
         self.method = build_method(method, budget, version, **method_options)
         self.batch_size_per_gpu = _positive_int("batch_size", batch_size)
         self.max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
-        self.prompt = _choice("prompt", prompt, PROMPT_STYLES)
+        self.prompt = choice("prompt", prompt, PROMPT_STYLES)
         self.efficiency_records: list[dict[str, Any]] = []
         # Set by the runner (eval.docguard.DocGuard): a request that fails even alone is recorded there and the rest
         # of the evaluation goes on; without a guard (plain lmms-eval CLI) such a failure stops the evaluation.
@@ -155,13 +157,13 @@ class SparseVLMModel(lmms):
             self.model, self.processor = model, processor
             self.pretrained = pretrained or getattr(model.config, "_name_or_path", None)
         else:
-            _choice("attn_implementation", attn_implementation, ATTENTION)
+            choice("attn_implementation", attn_implementation, ATTENTION)
             if _none(device) in (None, "auto"):
                 device = "cuda" if torch.cuda.is_available() else "cpu"
             if not (device in ("cpu", "cuda", "mps") or str(device).startswith("cuda:")):
                 raise ValueError(f"device: got {device!r}, allowed: auto, cpu, cuda, cuda:N, mps")
             dtype = _none(dtype) or ("float32" if device == "cpu" else "float16")
-            _choice("dtype", dtype, DTYPES)
+            choice("dtype", dtype, DTYPES)
             if not _none(pretrained):
                 raise ValueError("pretrained: missing; give a Hugging Face hub id or a local checkpoint directory")
             self.model, self.processor = self._load(str(pretrained), revision, dtype, attn_implementation, device)
@@ -172,19 +174,12 @@ class SparseVLMModel(lmms):
     @classmethod
     def from_spec(cls, spec: Any, device: str) -> SparseVLMModel:
         """Build from the Hydra runner's validated RunSpec (eval.config.RunSpec) on a resolved device."""
-        m = spec.model
-        return cls(
-            pretrained=m.pretrained,
-            method=spec.method,
-            attn_implementation=m.attn_implementation,
-            dtype=m.dtype,
-            device=device,
-            batch_size=spec.batch_size,
-            revision=m.revision,
-        )
+        loading = {key: getattr(spec.model, key) for key in ("pretrained", "attn_implementation", "dtype", "revision")}
+        return cls(method=spec.method, device=device, batch_size=spec.batch_size, **loading)
 
     @staticmethod
     def _load(pretrained: str, revision: str | None, dtype: str, attn: str, device: str) -> tuple[Any, Any]:
+        """Model and processor from a hub id or a local directory."""
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
         model = LlavaForConditionalGeneration.from_pretrained(
@@ -236,6 +231,7 @@ class SparseVLMModel(lmms):
         return [v.convert("RGB") for v in visuals]
 
     def _inputs(self, prompts: list[str], images: list) -> dict[str, torch.Tensor]:
+        """Left-padded processor inputs on the model's device, pixel values in the model's dtype."""
         inputs = self.processor(images=images or None, text=prompts, return_tensors="pt", padding=True)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         if "pixel_values" in inputs:
@@ -266,6 +262,7 @@ class SparseVLMModel(lmms):
             "n_visual": sample.n_visual if sample else 0,
             "equivalent_tokens": sample.equivalent_tokens if sample else None,
             "equivalent_tokens_input": sample.equivalent_tokens_input if sample else None,
+            "llm_input_tokens": sample.llm_input_tokens if sample else None,
             "prompt_tokens": sample.prompt_tokens if sample else prompt_tokens,
             "tokens_in": list(sample.tokens_in) if sample else None,
             "visual_out": list(sample.visual_out) if sample else None,
@@ -292,7 +289,7 @@ class SparseVLMModel(lmms):
         """One lmms-eval log_metrics call per batch: shows up in results['throughput'] as avg_<key>."""
         generated = sum(r["output_tokens"] for r in rows)
         extra: dict[str, Any] = {"total_requests": len(rows), "batch_size": len(rows)}
-        for key in ("equivalent_tokens", "equivalent_tokens_input", "prompt_tokens"):
+        for key in ("equivalent_tokens", "equivalent_tokens_input", "llm_input_tokens", "prompt_tokens"):
             values = [r[key] for r in rows if r[key] is not None]
             if values:
                 extra[key] = sum(values) / len(values)
@@ -328,6 +325,7 @@ class SparseVLMModel(lmms):
         return [result for item in batch for result in self._generate_isolated([item])]
 
     def _generate(self, args: list[tuple]) -> list[GenerationResult]:
+        """Answers in request order: batches of requests with the same gen kwargs and image count, longest first."""
         groups: dict[str, list[int]] = {}
         for i, (_, gen_kwargs, *_) in enumerate(args):
             groups.setdefault(json.dumps(gen_kwargs or {}, sort_keys=True, default=str), []).append(i)
@@ -392,6 +390,7 @@ class SparseVLMModel(lmms):
         return self._stop_strings_ok[key]
 
     def _generate_batch(self, batch: list[tuple]) -> list[GenerationResult]:
+        """One pruned, timed generate() over a batch; answers cut at the stop strings, one efficiency row each."""
         prompts = [p for p, _, _, _, _ in batch]
         images = [img for _, _, imgs, _, _ in batch for img in imgs]
         config, until = self._gen_config(batch[0][1])

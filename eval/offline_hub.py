@@ -7,7 +7,8 @@ datasets' own Parquet builder, one hash per config (a load without a config name
 the `default` config newest (that same load takes the most recently modified config).
 
     eval "$(python -m eval.offline_hub --cache-dir /tmp/hub)"
-    python -m lmms_eval --model sparsevlm --model_args pretrained=models/tiny-llava,method=dense --tasks pope --limit 8
+    python -m eval.lmms_cli --model sparsevlm --model_args pretrained=models/tiny-llava,method=dense \
+        --tasks pope --limit 8
 """
 
 from __future__ import annotations

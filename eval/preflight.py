@@ -12,12 +12,12 @@ All are fast (no torch, no transformers, no lmms_eval import) and raise ConfigEr
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import importlib.util
 import json
 import os
 import re
 import socket
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,8 @@ WEIGHT_FILES = (
 )
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 # transformers' defaults for fields a LLaVA config.json may omit (LlamaConfig and LlavaConfig defaults)
-LLAMA_DEFAULTS = {"num_hidden_layers": 32, "num_attention_heads": 32}
+LLAMA_DEFAULTS = {"num_hidden_layers": 32, "num_attention_heads": 32, "hidden_size": 4096, "intermediate_size": 11008}
+CLIP_L_LAYERS, LLAVA_FEATURE_LAYER = 24, -2  # LlavaConfig's defaults: CLIP ViT-L, the second-to-last layer
 HUB_PROBE_TIMEOUT_S = 3.0
 
 
@@ -49,6 +50,9 @@ class ModelFacts:
     n_heads: int
     n_visual: int
     source: str  # "local" | "hub cache" | "hub"
+    n_tower_layers: int = 0  # vision layers up to the one the LLM reads (where tower-merging methods act)
+    hidden: int = 4096  # the LLM's width and MLP width (the FLOPs formula)
+    intermediate: int = 11008
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -161,12 +165,18 @@ def model_facts(pretrained: str, revision: str | None) -> ModelFacts:
     n_visual = config.get("image_seq_length")
     if n_visual is None:  # LLaVA drops the CLS token ("default" feature select strategy)
         n_visual = (vision.get("image_size", 336) // vision.get("patch_size", 14)) ** 2
+    n_vision = int(vision.get("num_hidden_layers", CLIP_L_LAYERS))
+    feature = config.get("vision_feature_layer", LLAVA_FEATURE_LAYER)
+    feature = feature[-1] if isinstance(feature, list) else feature
     return ModelFacts(
+        n_tower_layers=n_vision + feature + 1 if feature < 0 else feature,
         model_type=config["model_type"],
         n_layers=int(text.get("num_hidden_layers", LLAMA_DEFAULTS["num_hidden_layers"])),
         n_heads=int(text.get("num_attention_heads", LLAMA_DEFAULTS["num_attention_heads"])),
         n_visual=int(n_visual),
         source=source,
+        hidden=int(text.get("hidden_size", LLAMA_DEFAULTS["hidden_size"])),
+        intermediate=int(text.get("intermediate_size", LLAMA_DEFAULTS["intermediate_size"])),
     )
 
 
@@ -236,15 +246,37 @@ def check_method(spec: RunSpec, facts: ModelFacts) -> None:
         )
     try:
         spec.method.check_model(facts.n_layers, facts.n_heads)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a budget >= n_visual warns; allowed above only with allow_unpruned
-            spec.method.plan(facts.n_layers, facts.n_visual)
+        spec.method.check_tower(facts.n_tower_layers, facts.n_visual)
+        spec.method.plan(facts.n_layers, facts.n_visual)
     except ValueError as err:
         raise ConfigError(f"{err} {where}") from None
 
 
-def preflight(spec: RunSpec, check_device: bool = True) -> str:
-    """Run every check that needs the outside world, cheapest first; returns the resolved device.
+def resolve_budget(spec: RunSpec, facts: ModelFacts) -> RunSpec:
+    """The cell with its method's budget resolved to the configured convention (FLOPs-matched or as written)."""
+    if spec.budget_convention != "flops":
+        return spec
+    from sparsevlm.budgets import flops_matched_budget
+    from sparsevlm.registry import make_method
+
+    try:
+        reference = make_method(spec.flops_reference, spec.budget)
+        budget = flops_matched_budget(
+            spec.method,
+            reference,
+            facts.n_layers,
+            facts.n_visual,
+            spec.flops_text_tokens,
+            facts.hidden,
+            facts.intermediate,
+        )
+    except ValueError as err:
+        raise ConfigError(f"budget_convention: flops: {err}") from None
+    return spec.with_method(dataclasses.replace(spec.method, budget=budget))
+
+
+def preflight(spec: RunSpec, check_device: bool = True) -> tuple[str, RunSpec]:
+    """Run every check that needs the outside world, cheapest first; returns the device and the resolved cell.
 
     check_device=False skips the device and kernel checks, for a process that only launches cells elsewhere (a Slurm
     login node has no GPU); the cell checks them again where it runs.
@@ -252,7 +284,8 @@ def preflight(spec: RunSpec, check_device: bool = True) -> str:
     device = check_runtime(spec) if check_device else spec.model.device
     check_tasks(spec)
     facts = model_facts(spec.model.pretrained, spec.model.revision)
+    spec = resolve_budget(spec, facts)
     check_method(spec, facts)
     if facts.source == "local":  # last: the only check that reads weight files (their headers)
         check_local_files(Path(spec.model.pretrained).expanduser())
-    return device
+    return device, spec

@@ -2,7 +2,9 @@
 
 Schema (version 2):
   run_id, experiment, grid {model, method, version, budget, task}, config (the resolved Hydra config),
-  metrics {lmms task: {metric: value}}, primary {column, value, metrics, combine, scale, missing},
+  metrics {lmms task: {metric: value}}, primary {column, value, metrics, combine, scale, missing, and, when the
+  evaluation produced standard errors, stderr (combined like the value; None when a metric has none), stderr_method,
+  stderr_missing (task/metric pairs without one)},
   efficiency (Efficiency: means/medians over samples, computed from the per-sample traces),
   status "ok" | "failed", error, is_full_eval (limit is null),
   documents {n, n_failed, n_warned, failed_examples}: a failed document is left out of every metric,
@@ -74,6 +76,7 @@ class Efficiency:
     n_samples: int = 0
     equivalent_tokens: float | None = None  # paper convention (output side)
     equivalent_tokens_input: float | None = None  # input side (Gumpest/SparseVLMs#35)
+    llm_input_tokens: float | None = None  # visual tokens given to the LLM (fewer only when pruned before it)
     prompt_tokens: float | None = None
     tflops_paper: float | None = None  # 4nd^2 + 2n^2d + 3ndm over decoder layers, MAC = 1 FLOP, prefill
     tflops_full: float | None = None  # + vision tower, projector, lm_head, method overhead
@@ -82,7 +85,8 @@ class Efficiency:
     e2e_ms_mean: float | None = None
     e2e_ms_median: float | None = None
     peak_memory_mb: float | None = None
-    kv_cache_mb: float | None = None
+    kv_cache_mb: float | None = None  # the KV cache of the batch a document ran in (mean over documents)
+    kv_cache_mb_per_sample: float | None = None  # the same divided by that batch's size (None in older records)
 
 
 @dataclass
@@ -321,10 +325,14 @@ def aggregate_efficiency(samples: list[dict[str, Any]]) -> Efficiency:
 
     peak = column("peak_memory_mb")
     kv = column("kv_cache_mb")
+    kv_per_sample = [
+        float(s["kv_cache_mb"]) / int(s["batch_size"]) for s in samples if s.get("kv_cache_mb") and s.get("batch_size")
+    ]
     return Efficiency(
         n_samples=len(samples),
         equivalent_tokens=_mean(column("equivalent_tokens")),
         equivalent_tokens_input=_mean(column("equivalent_tokens_input")),
+        llm_input_tokens=_mean(column("llm_input_tokens")),
         prompt_tokens=_mean(column("prompt_tokens")),
         tflops_paper=_mean(column("tflops_paper")),
         tflops_full=_mean(column("tflops_full")),
@@ -334,4 +342,5 @@ def aggregate_efficiency(samples: list[dict[str, Any]]) -> Efficiency:
         e2e_ms_median=_median(column("e2e_ms")),
         peak_memory_mb=max(peak) if peak else None,
         kv_cache_mb=_mean(kv),
+        kv_cache_mb_per_sample=_mean(kv_per_sample),
     )

@@ -16,14 +16,17 @@ the ok record stays and the failure is written to `failed_attempt.json`.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import math
 import os
 import socket
 import sys
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +59,10 @@ from eval.records import (
 log = logging.getLogger("eval.run")
 EXIT_CODES = {"ok": 0, "skipped": 0, "failed": 1, "lost": 1, "rejected": 2}
 FAILED_EXAMPLES = 5  # failed documents quoted in a record's error and documents.failed_examples
+# The jackknife recomputes a task's aggregation once per left-out block: at most this many blocks keeps it well under
+# a second on 10,000 documents while a block still holds whole scoring groups (MME pairs).
+JACKKNIFE_BLOCKS = 200
+STDERR_SUFFIX = "_stderr_jackknife"  # results[task][metric + STDERR_SUFFIX + ",none"]
 
 
 @dataclass
@@ -91,6 +98,87 @@ def primary_value(results: dict[str, Any], spec: RunSpec) -> tuple[float | None,
         return None, missing
     combined = sum(values) if spec.task.combine == "sum" else sum(values) / len(values)
     return combined * spec.task.scale, missing
+
+
+def jackknife_stderr(
+    items: list[Any], aggregate: Callable[[list[Any]], float], groups: list[int], blocks: int = JACKKNIFE_BLOCKS
+) -> float | None:
+    """Delete-a-block jackknife standard error of aggregate(items); items of one scoring group stay together.
+
+    groups[i] is the scoring group of items[i] (MME: its question pair). With one item per group and as many blocks as
+    items, the jackknife of a mean is exactly std(ddof=1) / sqrt(n), lmms-eval's `_stderr_clt`; unlike that value it
+    is also the standard error of aggregations that are not means (POPE F1, MME's acc + acc+ score). None with fewer
+    than two groups.
+    """
+    order = list(dict.fromkeys(groups))
+    k = min(blocks, len(order))
+    if k < 2:
+        return None
+    block = {group: i % k for i, group in enumerate(order)}
+    estimates = [float(aggregate([it for it, g in zip(items, groups, strict=True) if block[g] != j])) for j in range(k)]
+    mean = sum(estimates) / k
+    return math.sqrt((k - 1) / k * sum((e - mean) ** 2 for e in estimates))
+
+
+def add_stderrs(results: dict[str, Any], samples: dict[str, list[dict]], tasks: dict[str, Any], spec: RunSpec) -> None:
+    """Add the jackknife standard error of each of the cell's metrics to lmms-eval's results (in place).
+
+    The per-document metric items lmms-eval logs with each sample are re-aggregated with the task's own aggregation
+    function; documents are grouped by task.limit_multiple (doc_id // limit_multiple), so pairs are left out whole.
+    A metric whose items are missing or whose aggregation fails on a subset gets no stderr (the tables say so).
+    """
+    from loguru import logger  # lmms-eval's logger: MME's aggregation logs every category score on each call
+
+    for name, task in tasks.items():
+        logged = sorted(samples.get(name) or [], key=lambda sample: sample.get("doc_id", 0))
+        for metric in spec.task.metrics:
+            aggregate = task.aggregation().get(metric)
+            rows = [s for s in logged if metric in s]
+            if aggregate is None or not rows:
+                continue
+            if "args" in inspect.signature(aggregate).parameters:
+                aggregate = _with_args(aggregate, task.args)
+            groups = [int(s["doc_id"]) // spec.task.limit_multiple for s in rows]
+            logger.disable("lmms_eval")
+            try:
+                stderr = jackknife_stderr([s[metric] for s in rows], aggregate, groups)
+            except Exception as err:  # an aggregation that cannot take a subset: no stderr, said in the tables
+                log.warning("%s/%s: no jackknife stderr (%s: %s)", name, metric, type(err).__name__, err)
+                stderr = None
+            finally:
+                logger.enable("lmms_eval")
+            if stderr is not None:
+                results.setdefault(name, {})[f"{metric}{STDERR_SUFFIX},none"] = stderr
+
+
+def _with_args(aggregate: Callable[..., float], args: Any) -> Callable[[list[Any]], float]:
+    """An aggregation that takes the task's args (lmms-eval passes them by keyword), bound to them."""
+    return lambda items: aggregate(items, args=args)
+
+
+def primary_stderr(results: dict[str, Any], spec: RunSpec) -> dict[str, Any]:
+    """The standard error of the primary value, combined like the value (mean or sum of the task metrics, x scale).
+
+    Combining the task stderrs linearly treats the tasks as fully correlated (POPE's three splits share their images):
+    an upper bound, exact for one task. Returns {} when no metric carries a stderr (e.g. a faked evaluation);
+    otherwise {"stderr": value or None, "stderr_method", "stderr_missing": task/metric pairs without one}.
+    """
+    present, missing = [], []
+    for task in spec.task.lmms_tasks:
+        for metric in spec.task.metrics:
+            if not isinstance(results.get(task, {}).get(f"{metric},none"), int | float):
+                continue  # a missing metric is listed in primary.missing already
+            stderr = results[task].get(f"{metric}{STDERR_SUFFIX},none")
+            if isinstance(stderr, int | float) and not isinstance(stderr, bool):
+                present.append(float(stderr))
+            else:
+                missing.append(f"{task}/{metric}")
+    if not present:
+        return {}
+    combined = None
+    if not missing:
+        combined = (sum(present) if spec.task.combine == "sum" else sum(present) / len(present)) * spec.task.scale
+    return {"stderr": combined, "stderr_method": "jackknife over documents", "stderr_missing": missing}
 
 
 def _clean_metrics(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -138,19 +226,19 @@ def evaluate(spec: RunSpec, device: str, guard: Any) -> tuple[dict[str, Any], di
 
     include = [spec.task.include_path] if spec.task.include_path else None
     manager = TaskManager(include_path=include, include_defaults=include is None)
-    tasks = []
+    tasks = {}
     for name in spec.task.lmms_tasks:
         try:
             loaded = get_task_dict([name], manager, "simple")
         except Exception as err:
             cause = err.last_attempt.exception() if hasattr(err, "last_attempt") else err  # tenacity.RetryError
             raise RuntimeError(f"task {name}: cannot load its dataset: {type(cause).__name__}: {cause}") from cause
-        tasks.append(guard.attach(name, loaded[name]))
+        tasks[name] = guard.attach(name, loaded[name])
     lm = SparseVLMModel.from_spec(spec, device)
     lm.doc_guard = guard
     output = simple_evaluate(
         model=lm,
-        tasks=tasks,
+        tasks=list(tasks.values()),
         limit=spec.limit,
         batch_size=spec.batch_size,
         log_samples=True,  # per-document rows are this harness's record of what ran
@@ -161,6 +249,7 @@ def evaluate(spec: RunSpec, device: str, guard: Any) -> tuple[dict[str, Any], di
     )
     if output is None:
         raise RuntimeError("lmms-eval returned no results")
+    add_stderrs(output["results"], output.get("samples") or {}, tasks, spec)
     return output["results"], output.get("samples") or {}, lm.efficiency_records
 
 
@@ -237,6 +326,7 @@ def _compute(spec: RunSpec, record: RunRecord, device: str) -> tuple[list[dict[s
             "combine": spec.task.combine,
             "scale": spec.task.scale,
             "missing": missing,
+            **primary_stderr(results, spec),
         }
         record.efficiency = aggregate_efficiency(efficiency)
         record.documents = _document_summary(guard)
@@ -292,7 +382,7 @@ def run_cell(cfg: DictConfig, check_device: bool = True) -> CellOutcome:
     """Run (or skip) one cell under its lock; never raises for a config error or a failed cell (unless fail_fast)."""
     try:
         spec = spec_from_config(cfg)
-        device = preflight(spec, check_device=check_device)
+        device, spec = preflight(spec, check_device=check_device)
     except ConfigError as err:
         return CellOutcome("rejected", None, str(err))
     run_dir, record_path = spec.run_dir, spec.run_dir / "record.json"

@@ -1,6 +1,7 @@
-"""Named LLaVA-1.5 model shapes with random weights, and synthetic LLaVA-1.5-shaped prompts.
+"""LLaVA-1.5-style model shapes, the one LlavaConfig builder, random-init models and LLaVA-1.5-shaped prompts.
 
-No weights, tokenizer or processor are needed: the benchmark measures cost, which depends only on shapes.
+llava_config is the config builder of the benchmark's named shapes, the tiny-model trainer (eval.tiny_train) and the
+tests. No weights, tokenizer or processor are needed for the benchmark: it measures cost, which depends only on shapes.
 """
 
 from __future__ import annotations
@@ -8,10 +9,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    PreTrainedTokenizerBase,
+)
 
 IMAGE_TOKEN = 32000  # llava-hf's <image> id
-PRE_PROMPT = 35  # vicuna_v1 system prompt + "USER: " before the image (sparsevlm-algorithm.md §1.1)
+# vicuna_v1 system prompt + "USER: " before the image (docs/method.md, "The sequence the reference prunes")
+PRE_PROMPT = 35
+# llava-hf's LLaVA-1.5 text configs (Vicuna): the defaults of llava_config, so the named shapes match the checkpoints
+LLAVA_MAX_POSITIONS = 4096
+LLAVA_RMS_NORM_EPS = 1e-5
+LLAVA_VISION_FEATURE_LAYER = -2  # LLaVA-1.5 reads the penultimate CLIP layer
+LLAMA_INIT_STD = 0.02  # LlamaConfig's initializer range
 
 
 @dataclass(frozen=True)
@@ -19,7 +32,6 @@ class Shape:
     """Decoder (LLaMA) and vision tower (CLIP-ViT) dimensions of one LLaVA-1.5-style model."""
 
     name: str
-    description: str
     hidden: int
     intermediate: int
     layers: int
@@ -31,6 +43,7 @@ class Shape:
     image_size: int = 336
     patch_size: int = 14
     vocab: int = 32064
+    kv_heads: int | None = None  # None: one key/value head per query head (no grouped-query attention)
 
     @property
     def n_visual(self) -> int:
@@ -46,34 +59,37 @@ class Shape:
 SHAPES: dict[str, Shape] = {
     shape.name: shape
     for shape in (
-        Shape(
-            "llava-1.5-7b",
-            "LLaVA-1.5-7B: Vicuna-7B (4096/11008, 32 layers) + CLIP ViT-L/14-336; for a GPU",
-            4096, 11008, 32, 32, 1024, 4096, 24, 16,
-        ),
-        Shape(
-            "llava-1.5-13b",
-            "LLaVA-1.5-13B: Vicuna-13B (5120/13824, 40 layers) + CLIP ViT-L/14-336; for a GPU",
-            5120, 13824, 40, 40, 1024, 4096, 24, 16,
-        ),
-        Shape(
-            "cpu-32l",
-            "CPU-sized: 32 decoder layers (hidden 256, 4 heads of 64) and 576 visual tokens, so the 2/6/15 schedule "
-            "and every budget run unchanged; small CLIP tower",
-            256, 688, 32, 4, 128, 512, 2, 2,
-        ),
-        Shape(
-            "tiny",
-            "Smoke-test size: 32 decoder layers (hidden 128, 2 heads of 64), 576 visual tokens from 48 px / 2 px "
-            "patches",
-            128, 344, 32, 2, 32, 64, 1, 2, image_size=48, patch_size=2, vocab=1024,
-        ),
+        # LLaVA-1.5-7B: Vicuna-7B (4096/11008, 32 layers) + CLIP ViT-L/14-336; for a GPU
+        Shape("llava-1.5-7b", 4096, 11008, 32, 32, 1024, 4096, 24, 16),
+        # LLaVA-1.5-13B: Vicuna-13B (5120/13824, 40 layers) + CLIP ViT-L/14-336; for a GPU
+        Shape("llava-1.5-13b", 5120, 13824, 40, 40, 1024, 4096, 24, 16),
+        # CPU-sized: 32 decoder layers (hidden 256, 4 heads of 64) and 576 visual tokens, so the 2/6/15 schedule and
+        # every budget run unchanged; small CLIP tower
+        Shape("cpu-32l", 256, 688, 32, 4, 128, 512, 2, 2),
+        # Smoke-test size: 32 decoder layers (hidden 128, 2 heads of 64), 576 visual tokens from 48 px / 2 px patches
+        Shape("tiny", 128, 344, 32, 2, 32, 64, 1, 2, image_size=48, patch_size=2, vocab=1024),
     )
-}  # fmt: skip
+}
 
 
-def llava_config(shape: Shape) -> LlavaConfig:
-    """The LlavaConfig of a shape (LLaMA text model, CLIP vision tower, llava-hf defaults otherwise)."""
+def llava_config(
+    shape: Shape,
+    *,
+    image_token: int | None = None,
+    pad_token: int | None = 0,
+    bos_token: int = 1,
+    eos_token: int = 2,
+    max_positions: int = LLAVA_MAX_POSITIONS,
+    rms_norm_eps: float = LLAVA_RMS_NORM_EPS,
+    vision_feature_layer: int = LLAVA_VISION_FEATURE_LAYER,
+    tie_embeddings: bool = False,
+    init_std: float = LLAMA_INIT_STD,
+) -> LlavaConfig:
+    """The LlavaConfig of a shape: LLaMA text model, CLIP vision tower, llava-hf's LLaVA-1.5 settings by default.
+
+    image_token None means llava-hf's 32000, or the last id when the vocabulary is smaller. The token ids can come from
+    a tokenizer (tokenizer_ids); init_std is the text model's initializer range.
+    """
     vision = CLIPVisionConfig(
         hidden_size=shape.vision_hidden,
         intermediate_size=shape.vision_intermediate,
@@ -88,16 +104,35 @@ def llava_config(shape: Shape) -> LlavaConfig:
         intermediate_size=shape.intermediate,
         num_hidden_layers=shape.layers,
         num_attention_heads=shape.heads,
-        num_key_value_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads or shape.heads,
         vocab_size=shape.vocab,
-        rms_norm_eps=1e-5,
-        pad_token_id=0,
-        max_position_embeddings=4096,
+        rms_norm_eps=rms_norm_eps,
+        pad_token_id=pad_token,
+        bos_token_id=bos_token,
+        eos_token_id=eos_token,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=tie_embeddings,
+        initializer_range=init_std,
     )
-    image_token = min(IMAGE_TOKEN, shape.vocab - 1)
     return LlavaConfig(
-        vision_config=vision, text_config=text, image_token_index=image_token, image_seq_length=shape.n_visual
+        vision_config=vision,
+        text_config=text,
+        image_token_index=min(IMAGE_TOKEN, shape.vocab - 1) if image_token is None else image_token,
+        image_seq_length=shape.n_visual,
+        vision_feature_layer=vision_feature_layer,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=tie_embeddings,
     )
+
+
+def tokenizer_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int | None]:
+    """llava_config's token-id arguments read from a tokenizer that has an `<image>` token."""
+    return {
+        "image_token": tokenizer.convert_tokens_to_ids("<image>"),
+        "pad_token": tokenizer.pad_token_id,
+        "bos_token": tokenizer.bos_token_id,
+        "eos_token": tokenizer.eos_token_id,
+    }
 
 
 def build_model(

@@ -91,8 +91,7 @@ def plan(cell: Cell, config: DictConfig, check_device: bool) -> None:
     from eval.run import rerun_reason
 
     try:
-        cell.spec = spec_from_config(config)
-        preflight(cell.spec, check_device=check_device)
+        _, cell.spec = preflight(spec_from_config(config), check_device=check_device)
     except ConfigError as err:
         cell.status, cell.detail = "rejected", str(err)
         return

@@ -10,9 +10,14 @@ import io
 import random
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 SHAPE_MASKS: dict[str, tuple[str, ...]] = {
     "square": ("####", "####", "####", "####"),
@@ -34,11 +39,21 @@ SHAPES = tuple(SHAPE_MASKS)
 COLOUR_NAMES = tuple(COLOURS)
 # Object types in a fixed order; earlier types are drawn more often, so POPE's "popular" split is meaningful.
 TYPES: tuple[tuple[str, str], ...] = tuple((c, s) for s in SHAPES for c in COLOUR_NAMES)
-TYPE_WEIGHTS = tuple(1.0 / (1.0 + 0.12 * i) for i in range(len(TYPES)))
+# The i-th type is drawn with weight 1 / (1 + POPULARITY_DECAY * i): the last of the 30 types about 4.5 times less
+# often than the first.
+POPULARITY_DECAY = 0.12
+TYPE_WEIGHTS = tuple(1.0 / (1.0 + POPULARITY_DECAY * i) for i in range(len(TYPES)))
 GQA_POST_PROMPT = "\nAnswer the question using a single word or phrase."
 MME_SUFFIX = " Please answer yes or no."
 TRAIN_SEED = 1234
 EVAL_SEED = 98765
+# Each held-out set is drawn from EVAL_SEED plus its own offset, so the sets never share a random stream (their first
+# scenes would be the same image) and eval_items, write_held_out and the committed data/synth files agree.
+# "captions": the held-out scenes tests/test_tiny_model.py asks the committed model to describe.
+SEED_OFFSETS = {"pope": 0, "mme": 1, "gqa": 2, "captions": 3}
+# Sizes of the held-out sets (data/synth and eval_items): POPE images (3 yes + 3 no questions each, per split),
+# MME question pairs, GQA images (up to 3 questions each).
+POPE_IMAGES, MME_PAIRS, GQA_IMAGES = 50, 75, 100
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,21 @@ class QA:
     answer: str
 
 
+def eval_seed(held_out_set: str, seed: int = EVAL_SEED) -> int:
+    """The seed one held-out set (a SEED_OFFSETS key) is drawn from, given the base seed (EVAL_SEED by default)."""
+    return seed + SEED_OFFSETS[held_out_set]
+
+
+def patch_index(row: int, col: int, grid: int) -> int:
+    """Raster-order index of grid cell (row, col): the position of its patch among the visual tokens (CLS dropped)."""
+    return row * grid + col
+
+
+def patch_cell(index: int | torch.Tensor, grid: int) -> tuple[int | torch.Tensor, int | torch.Tensor]:
+    """(row, col) of a raster-order patch index; the inverse of patch_index (ints, or integer tensors elementwise)."""
+    return index // grid, index % grid
+
+
 def sample_scene(rng: random.Random, n_min: int, n_max: int, grid: int = 12, cell: int = 8) -> Scene:
     """Draw a scene with n_min..n_max objects of distinct types on cells at least two apart."""
     n = rng.randint(n_min, n_max)
@@ -96,7 +126,7 @@ def sample_scene(rng: random.Random, n_min: int, n_max: int, grid: int = 12, cel
         r, c = rng.randrange(grid), rng.randrange(grid)
         if all(max(abs(r - r2), abs(c - c2)) >= 2 for r2, c2 in cells):
             cells.append((r, c))
-    objs = tuple(Obj(col_, shp, r, c) for (col_, shp), (r, c) in zip(types, cells, strict=True))
+    objs = tuple(Obj(colour, shape, row, col) for (colour, shape), (row, col) in zip(types, cells, strict=True))
     return Scene(objs, grid, cell)
 
 
@@ -165,10 +195,12 @@ def question_targets(scene: Scene, question: str) -> list[Obj]:
 
 
 def _count(scene: Scene, colour: str | None = None, shape: str | None = None) -> int:
+    """Number of objects of the scene that fit a colour and/or shape (None: any)."""
     return sum(o.matches(colour, shape) for o in scene.objects)
 
 
 def _relation_pair(scene: Scene, rng: random.Random, axis: str) -> tuple[Obj, Obj] | None:
+    """A random ordered pair of objects at least two cells apart along `axis` ("x": columns, "y": rows), or None."""
     pairs = [
         (a, b)
         for a in scene.objects
@@ -180,10 +212,11 @@ def _relation_pair(scene: Scene, rng: random.Random, axis: str) -> tuple[Obj, Ob
 
 def existence_qa(obj_type: tuple[str, str], present: bool, mme: bool = False) -> QA:
     """POPE-style (or MME-style) existence question for a colour/shape pair."""
-    c, s = obj_type
+    colour, shape = obj_type
     if mme:
-        return QA("mme", "existence", f"Is there a {c} {s} in this image?{MME_SUFFIX}", "Yes" if present else "No")
-    return QA("existence", "existence", f"Is there a {c} {s} in the image?", "yes" if present else "no")
+        question = f"Is there a {colour} {shape} in this image?{MME_SUFFIX}"
+        return QA("mme", "existence", question, "Yes" if present else "No")
+    return QA("existence", "existence", f"Is there a {colour} {shape} in the image?", "yes" if present else "no")
 
 
 def attribute_qa(scene: Scene, rng: random.Random) -> QA | None:
@@ -218,10 +251,10 @@ def relation_qa(scene: Scene, rng: random.Random) -> QA | None:
 def counting_qa(scene: Scene, rng: random.Random) -> QA:
     """GQA-style counting question over shapes or colours (answer is a digit)."""
     if rng.random() < 0.5:
-        s = rng.choice([o.shape for o in scene.objects] + [rng.choice(SHAPES)])
-        return QA("counting", "shape", f"How many {PLURALS[s]} are there?", str(_count(scene, shape=s)))
-    c = rng.choice([o.colour for o in scene.objects] + [rng.choice(COLOUR_NAMES)])
-    return QA("counting", "colour", f"How many {c} objects are there?", str(_count(scene, colour=c)))
+        shape = rng.choice([o.shape for o in scene.objects] + [rng.choice(SHAPES)])
+        return QA("counting", "shape", f"How many {PLURALS[shape]} are there?", str(_count(scene, shape=shape)))
+    colour = rng.choice([o.colour for o in scene.objects] + [rng.choice(COLOUR_NAMES)])
+    return QA("counting", "colour", f"How many {colour} objects are there?", str(_count(scene, colour=colour)))
 
 
 def mme_pair(scene: Scene, rng: random.Random, category: str) -> tuple[QA, QA] | None:
@@ -232,20 +265,22 @@ def mme_pair(scene: Scene, rng: random.Random, category: str) -> tuple[QA, QA] |
         o = rng.choice(objs)
         return existence_qa((o.colour, o.shape), True, mme=True), existence_qa(rng.choice(absent), False, mme=True)
     if category == "count":
-        s = rng.choice([o.shape for o in objs])
-        n = _count(scene, shape=s)
+        shape = rng.choice([o.shape for o in objs])
+        n = _count(scene, shape=shape)
         wrong = rng.choice([k for k in range(1, 5) if k != n])
-        q = "Are there {} {} in this image?" + MME_SUFFIX
-        return QA("mme", category, q.format(n, PLURALS[s]), "Yes"), QA(
-            "mme", category, q.format(wrong, PLURALS[s]), "No"
+        template = "Are there {} {} in this image?" + MME_SUFFIX
+        return QA("mme", category, template.format(n, PLURALS[shape]), "Yes"), QA(
+            "mme", category, template.format(wrong, PLURALS[shape]), "No"
         )
     if category == "position":
         pair = _relation_pair(scene, rng, "x")
         if pair is None:
             return None
         a, b = sorted(pair, key=lambda o: o.col)
-        q = "Is the {} to the left of the {}?" + MME_SUFFIX
-        return QA("mme", category, q.format(a.name, b.name), "Yes"), QA("mme", category, q.format(b.name, a.name), "No")
+        template = "Is the {} to the left of the {}?" + MME_SUFFIX
+        return QA("mme", category, template.format(a.name, b.name), "Yes"), QA(
+            "mme", category, template.format(b.name, a.name), "No"
+        )
     if category == "color":
         shapes = Counter(o.shape for o in objs)
         uniq = [o for o in objs if shapes[o.shape] == 1]
@@ -253,9 +288,9 @@ def mme_pair(scene: Scene, rng: random.Random, category: str) -> tuple[QA, QA] |
             return None
         o = rng.choice(uniq)
         wrong = rng.choice([c for c in COLOUR_NAMES if c != o.colour])
-        q = "Is the {} in this image {}?" + MME_SUFFIX
-        return QA("mme", category, q.format(o.shape, o.colour), "Yes"), QA(
-            "mme", category, q.format(o.shape, wrong), "No"
+        template = "Is the {} in this image {}?" + MME_SUFFIX
+        return QA("mme", category, template.format(o.shape, o.colour), "Yes"), QA(
+            "mme", category, template.format(o.shape, wrong), "No"
         )
     raise ValueError(f"unknown MME category {category!r}")
 
@@ -274,6 +309,7 @@ def pope_negatives(scene: Scene, rng: random.Random, split: str, k: int, popular
     if split == "adversarial":
         # Hard negatives: absent types sharing a colour or a shape with a present object, most shared first.
         def shared(t: tuple[str, str]) -> int:
+            """How many present objects share t's colour, plus how many share its shape."""
             return sum((t[0] == c) + (t[1] == s) for c, s in present)
 
         ranked = sorted(absent, key=lambda t: (-shared(t), rng.random()))
@@ -282,6 +318,7 @@ def pope_negatives(scene: Scene, rng: random.Random, split: str, k: int, popular
 
 
 def _image_feature(scene: Scene) -> dict:
+    """The scene as a Hugging Face Image feature value (PNG bytes, no path)."""
     return {"bytes": png_bytes(scene), "path": None}
 
 
@@ -291,16 +328,16 @@ def build_pope(
     """POPE rows (lmms-lab/POPE columns) for the three splits over the same images."""
     rng = random.Random(seed)
     scenes = [sample_scene(rng, n_min, n_max, grid, cell) for _ in range(n_images)]
-    freq = Counter(t for sc in scenes for t in sc.types())
+    freq = Counter(t for scene in scenes for t in scene.types())
     popularity = sorted(TYPES, key=lambda t: (-freq[t], TYPES.index(t)))
     out: dict[str, list] = {}
     for split in ("adversarial", "popular", "random"):
         srng = random.Random(f"{seed}-{split}")
         rows = []
-        for i, sc in enumerate(scenes):
-            pos = [(o.colour, o.shape) for o in srng.sample(sc.objects, per_image)]
-            neg = pope_negatives(sc, srng, split, per_image, popularity)
-            image = _image_feature(sc)
+        for i, scene in enumerate(scenes):
+            pos = [(o.colour, o.shape) for o in srng.sample(scene.objects, per_image)]
+            neg = pope_negatives(scene, srng, split, per_image, popularity)
+            image = _image_feature(scene)
             for t, present in [(t, True) for t in pos] + [(t, False) for t in neg]:
                 qa = existence_qa(t, present)
                 qid = len(rows)
@@ -325,12 +362,12 @@ def build_mme(seed: int, n_images: int, n_min: int = 3, n_max: int = 8, grid: in
     rows = []
     i = 0
     while len(rows) < 2 * n_images:
-        sc = sample_scene(rng, n_min, n_max, grid, cell)
+        scene = sample_scene(rng, n_min, n_max, grid, cell)
         category = MME_CATEGORIES[i % len(MME_CATEGORIES)]
-        pair = mme_pair(sc, rng, category)
+        pair = mme_pair(scene, rng, category)
         if pair is None:
             continue
-        image = _image_feature(sc)
+        image = _image_feature(scene)
         for qa in pair:
             rows.append(
                 {
@@ -354,11 +391,11 @@ def build_gqa(
     makers = {"attribute": attribute_qa, "relation": relation_qa, "counting": counting_qa}
     semantic = {"attribute": "attr", "relation": "rel", "counting": "obj"}
     for i in range(n_images):
-        sc = sample_scene(rng, n_min, n_max, grid, cell)
+        scene = sample_scene(rng, n_min, n_max, grid, cell)
         image_id = f"synth{seed}_{i:05d}"
-        images.append({"id": image_id, "image": _image_feature(sc)})
+        images.append({"id": image_id, "image": _image_feature(scene)})
         for family, make in makers.items():
-            qa = make(sc, rng)
+            qa = make(scene, rng)
             if qa is None:
                 continue
             questions.append(
@@ -376,8 +413,8 @@ def build_gqa(
 
 
 def caption(scene: Scene) -> str:
-    """Objects in raster order, e.g. 'red circle blue square'."""
-    return " ".join(o.name for o in sorted(scene.objects, key=lambda o: (o.row, o.col)))
+    """Objects in raster order (the order of their visual tokens), e.g. 'red circle blue square'."""
+    return " ".join(o.name for o in sorted(scene.objects, key=lambda o: patch_index(o.row, o.col, scene.grid)))
 
 
 def cell_qa(scene: Scene, rng: random.Random) -> QA:
@@ -469,11 +506,16 @@ def mme_prompt(question: str) -> str:
 
 
 def eval_items(
-    seed: int = EVAL_SEED, n_pope: int = 50, n_mme: int = 75, n_gqa: int = 100, grid: int = 12, cell: int = 8
+    seed: int = EVAL_SEED,
+    n_pope: int = POPE_IMAGES,
+    n_mme: int = MME_PAIRS,
+    n_gqa: int = GQA_IMAGES,
+    grid: int = 12,
+    cell: int = 8,
 ) -> list[dict]:
     """Flat held-out items {family, kind, prompt, answer, image (PNG bytes)} in the prompts lmms-eval would send."""
     items = []
-    for split, rows in build_pope(seed, n_pope, grid=grid, cell=cell).items():
+    for split, rows in build_pope(eval_seed("pope", seed), n_pope, grid=grid, cell=cell).items():
         items += [
             {"family": "existence", "kind": split, "prompt": r["question"], "answer": r["answer"], "image": r["image"]}
             for r in rows
@@ -487,9 +529,9 @@ def eval_items(
             "image": r["image"],
             "pair": r["question_id"],
         }
-        for r in build_mme(seed + 1, n_mme, grid=grid, cell=cell)
+        for r in build_mme(eval_seed("mme", seed), n_mme, grid=grid, cell=cell)
     ]
-    questions, images = build_gqa(seed + 2, n_gqa, grid=grid, cell=cell)
+    questions, images = build_gqa(eval_seed("gqa", seed), n_gqa, grid=grid, cell=cell)
     by_id = {im["id"]: im["image"] for im in images}
     items += [
         {
@@ -502,3 +544,44 @@ def eval_items(
         for q in questions
     ]
     return items
+
+
+def write_parquet(rows: list[dict], path: Path) -> None:
+    """Write rows as parquet with the Hugging Face Image feature on the 'image' column."""
+    import datasets  # the harness's dependency, not the trainer's: imported only to write files
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds = datasets.Dataset.from_list(rows)
+    if "image" in ds.column_names:
+        ds = ds.cast_column("image", datasets.Image())
+    ds.to_parquet(str(path))
+
+
+def write_held_out(
+    out: Path,
+    seed: int = EVAL_SEED,
+    pope_images: int = POPE_IMAGES,
+    mme_pairs: int = MME_PAIRS,
+    gqa_images: int = GQA_IMAGES,
+) -> dict[str, int]:
+    """Write the held-out POPE / MME / GQA sets (the sets of eval_items) under `out`; return row counts per file.
+
+    Layout: pope/{test,adversarial,popular,random}.parquet, mme/test.parquet,
+    gqa/testdev_balanced_instructions.parquet and gqa/testdev_balanced_images.parquet.
+    """
+    counts = {}
+    pope = build_pope(eval_seed("pope", seed), pope_images)
+    for split, rows in pope.items():
+        write_parquet(rows, out / "pope" / f"{split}.parquet")
+        counts[f"pope/{split}"] = len(rows)
+    mixed = [r for split in ("adversarial", "popular", "random") for r in pope[split]]
+    write_parquet(mixed, out / "pope" / "test.parquet")
+    counts["pope/test"] = len(mixed)
+    mme = build_mme(eval_seed("mme", seed), mme_pairs)
+    write_parquet(mme, out / "mme" / "test.parquet")
+    counts["mme/test"] = len(mme)
+    questions, images = build_gqa(eval_seed("gqa", seed), gqa_images)
+    write_parquet(questions, out / "gqa" / "testdev_balanced_instructions.parquet")
+    write_parquet(images, out / "gqa" / "testdev_balanced_images.parquet")
+    counts["gqa/instructions"], counts["gqa/images"] = len(questions), len(images)
+    return counts

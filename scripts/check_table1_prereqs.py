@@ -8,14 +8,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sparsevlm.methods.sparsevlm import VERSION_DEFAULTS
+
 MODEL = "llava-hf/llava-1.5-7b-hf"
 
 
 def problems(launcher: str, version: str) -> list[str]:
     """Everything that rules out the run here: SparseVLM version, GPU (local launchers), access to the checkpoint."""
     found = []
-    if version not in ("1.0", "1.5", "2.0"):
-        found.append(f"VERSION: got {version!r}, allowed: 1.0, 1.5, 2.0")
+    if version not in VERSION_DEFAULTS:
+        found.append(f"VERSION: got {version!r}, allowed: {', '.join(VERSION_DEFAULTS)}")
     if launcher != "slurm":
         import torch
 

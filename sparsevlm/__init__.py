@@ -15,14 +15,18 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "attach": "sparsevlm.engine",
+    "check": "sparsevlm.engine",
     "PruningMethod": "sparsevlm.methods.base",
-    "Dense": "sparsevlm.methods.baselines",
+    "Dense": "sparsevlm.methods.dense",
     "FastV": "sparsevlm.methods.baselines",
     "RandomPrune": "sparsevlm.methods.baselines",
     "SparseVLM": "sparsevlm.methods.sparsevlm",
     "PruneTrace": "sparsevlm.trace",
     "SampleTrace": "sparsevlm.trace",
     "StageRecord": "sparsevlm.trace",
+    "make_method": "sparsevlm.registry",
+    "available_methods": "sparsevlm.registry",
+    "register": "sparsevlm.registry",
 }
 
 __all__ = [
@@ -35,13 +39,19 @@ __all__ = [
     "SparseVLM",
     "StageRecord",
     "attach",
+    "check",
+    "make_method",
+    "available_methods",
+    "register",
 ]
 
 if TYPE_CHECKING:
-    from sparsevlm.engine import attach
+    from sparsevlm.engine import attach, check
     from sparsevlm.methods.base import PruningMethod
-    from sparsevlm.methods.baselines import Dense, FastV, RandomPrune
+    from sparsevlm.methods.baselines import FastV, RandomPrune
+    from sparsevlm.methods.dense import Dense
     from sparsevlm.methods.sparsevlm import SparseVLM
+    from sparsevlm.registry import available_methods, make_method, register
     from sparsevlm.trace import PruneTrace, SampleTrace, StageRecord
 
 

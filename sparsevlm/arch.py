@@ -48,6 +48,10 @@ class ArchSpec:
     head_dim: int
     scaling: float
     attn_implementation: str
+    projector: nn.Module  # vision features -> LLM embeddings
+    vision_layers: nn.ModuleList  # the vision tower's encoder layers
+    vision_feature_index: int  # the encoder layer whose output the LLM reads (LLaVA: the second to last)
+    n_image_tokens: int  # image tokens per image in input_ids (LLaVA-1.5: 576)
 
     @property
     def n_layers(self) -> int:
@@ -72,6 +76,11 @@ def resolve(model: nn.Module) -> ArchSpec:
             f"attn_implementation: got {attn!r} for the text model, allowed: {', '.join(ATTENTION_IMPLEMENTATIONS)}"
         )
     attention = text_model.layers[0].self_attn
+    tower = mm_model.vision_tower
+    vision_layers = getattr(tower, "vision_model", tower).encoder.layers  # transformers 5 flattened CLIPVisionModel
+    feature_layer = config.vision_feature_layer
+    if not isinstance(feature_layer, int):
+        feature_layer = feature_layer[-1]  # several feature layers: vision-stage methods read the last one
     return ArchSpec(
         mm_model=mm_model,
         text_model=text_model,
@@ -84,4 +93,9 @@ def resolve(model: nn.Module) -> ArchSpec:
         head_dim=attention.head_dim,
         scaling=attention.scaling,
         attn_implementation=attn,
+        projector=mm_model.multi_modal_projector,
+        vision_layers=vision_layers,
+        # hidden_states[k] is the output of layer k - 1 (hidden_states[0] is the patch embedding)
+        vision_feature_index=feature_layer + len(vision_layers) if feature_layer < 0 else feature_layer - 1,
+        n_image_tokens=config.image_seq_length,
     )

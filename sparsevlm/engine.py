@@ -15,6 +15,9 @@ cache and, with contiguous positions, the position that layer's cache length imp
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
+import warnings
 import weakref
 import zlib
 from collections.abc import Iterator
@@ -25,7 +28,8 @@ import torch
 from torch import nn
 
 from sparsevlm.arch import ArchSpec, resolve
-from sparsevlm.methods.base import Plan, PruningMethod, StageDecision, StageInput
+from sparsevlm.methods.base import BEFORE_LLM, Plan, PruningMethod, StageDecision, StageInput
+from sparsevlm.recycle import REFERENCE_SEED, recycle_deleted
 from sparsevlm.scoring import attention_rows, gravity, select_raters
 from sparsevlm.trace import PruneTrace, SampleTrace, StageRecord
 
@@ -56,6 +60,7 @@ class _Prefill:
     samples: list[SampleTrace]
     hf_mask_present: bool
     original_valid_count: torch.Tensor  # [B]
+    input_len: int  # the prompt's length (padding included)
     segment: _Segment
     segments: list[_Segment] = field(default_factory=list)
     mask: torch.Tensor | None = None
@@ -69,7 +74,8 @@ class _Prefill:
 class _Decode:
     """What a decode step needs from its prefill: per-layer cache geometry."""
 
-    prefill_len: int
+    prefill_len: int  # layer 0's cache length after the prefill (shorter than the prompt after a pre-LLM stage)
+    input_len: int  # the prompt's length: generate's 2-D mask keeps these columns before the new tokens
     segments: list[_Segment]
     tail_valid: torch.Tensor | None = None  # [B, t] validity of the tokens appended since the prefill
     tail_all_valid: bool = True
@@ -94,10 +100,36 @@ def attention_mask(key_valid: torch.Tensor, q_len: int, implementation: str, dty
     )[:, None]
 
 
-def _sample_generator(seed: int, ids: torch.Tensor) -> torch.Generator:
-    """A generator that depends only on the seed and the sample's own tokens (batch- and beam-invariant)."""
+SEED_STRIDE = 1_000_003  # a prime: different seeds give disjoint ranges of per-sample generator seeds
+
+
+def _sample_generator(plan: Plan, ids: torch.Tensor, device: torch.device) -> torch.Generator:
+    """A sample's generator: seeded like the authors' code for "reference" recycling, else from the plan's seed and
+    the sample's own tokens (batch- and beam-invariant)."""
+    if plan.recycling is not None and plan.recycling.tie_break == "reference":
+        return torch.Generator(device=device).manual_seed(REFERENCE_SEED)
     digest = zlib.crc32(ids.detach().cpu().to(torch.int64).numpy().tobytes())
-    return torch.Generator().manual_seed(seed * 1_000_003 + digest)
+    return torch.Generator().manual_seed(plan.seed * SEED_STRIDE + digest)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_plan(method: PruningMethod, n_layers: int, n_visual: int) -> Plan:
+    """A method's plan for one sample shape, computed once (budget matching searches are not free)."""
+    return method.plan(n_layers, n_visual)
+
+
+def _plan(method: PruningMethod, n_layers: int, n_visual: int) -> Plan:
+    """The memoised plan (methods are frozen dataclasses; an unhashable one is planned every time)."""
+    try:
+        return _cached_plan(method, n_layers, n_visual)
+    except TypeError:
+        return method.plan(n_layers, n_visual)
+
+
+def _square_grid(count: int) -> tuple[int, int] | None:
+    """(side, side) when a visual block of `count` tokens is a whole square patch grid."""
+    side = math.isqrt(count)
+    return (side, side) if side * side == count else None
 
 
 class _Engine:
@@ -111,6 +143,10 @@ class _Engine:
         self._input_ids: torch.Tensor | None = None
         self._state: _Prefill | _Decode | None = None
         self._decode: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._warned = False  # an unpruned plan is reported once per attach
+        self._vision_captured: dict[str, torch.Tensor] = {}
+        self._vision_decisions: list[tuple[StageDecision, int]] = []  # per image: decision, real tokens
+        self._tower: dict = {}  # a tower-merging method's state across the vision layers of one forward
 
     def install(self) -> list[torch.utils.hooks.RemovableHandle]:
         """Register every hook; the caller removes them."""
@@ -120,16 +156,115 @@ class _Engine:
         handles.append(arch.text_model.register_forward_hook(self._on_text_end, with_kwargs=True))
         for index, layer in enumerate(arch.layers):
             handles.append(layer.register_forward_pre_hook(partial(self._before_layer, index), with_kwargs=True))
-        for index in self.prune_layers:
+        for index in (i for i in self.prune_layers if i != BEFORE_LLM):
             attention = arch.layers[index].self_attn
             handles.append(attention.q_proj.register_forward_hook(partial(self._capture, "query")))
             handles.append(attention.k_proj.register_forward_hook(partial(self._capture, "key")))
             handles.append(arch.layers[index].register_forward_hook(partial(self._after_pruning_layer, index)))
+        if self.method.merges_in_tower:
+            for index in range(arch.vision_feature_index + 1):
+                layer = arch.vision_layers[index]
+                handles.append(layer.register_forward_pre_hook(partial(self._tower_before, index)))
+                handles.append(layer.self_attn.k_proj.register_forward_hook(partial(self._capture_vision, "key")))
+                handles.append(layer.register_forward_hook(partial(self._tower_after, index)))
+        if self.method.hook == "vision":
+            layer = arch.vision_layers[arch.vision_feature_index]
+            handles.append(layer.self_attn.q_proj.register_forward_hook(partial(self._capture_vision, "query")))
+            handles.append(layer.self_attn.k_proj.register_forward_hook(partial(self._capture_vision, "key")))
+            handles.append(layer.register_forward_hook(partial(self._capture_vision, "hidden")))
+            handles.append(arch.projector.register_forward_pre_hook(self._on_projector))
         return handles
 
     # ----------------------------------------------------------------------------------------------- forward entry
     def _on_mm_model(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._input_ids = kwargs.get("input_ids", args[0] if args else None)
+
+    def _capture_vision(self, kind: str, module: nn.Module, args: tuple, output) -> None:
+        self._vision_captured[kind] = output[0] if isinstance(output, tuple) else output
+
+    def _tower_before(self, index: int, module: nn.Module, args: tuple):
+        """Start the merge state at the tower's first layer; merged tokens get attention in proportion to their size."""
+        hidden = args[0]
+        if index == 0:
+            batch, length = hidden.shape[:2]
+            schedule = self.method.tower_schedule(self.arch.vision_feature_index + 1, length - 1)
+            sources = [[[i] for i in range(length)] for _ in range(batch)]
+            self._tower = {"size": hidden.new_ones(batch, length), "sources": sources, "schedule": schedule}
+        size = self._tower["size"]
+        if not bool((size > 1).any()):
+            return None
+        bias = size.log()[:, None, None, :].expand(-1, 1, hidden.shape[1], -1)  # proportional attention
+        return (hidden, bias.to(hidden.dtype), *args[2:])
+
+    def _tower_after(self, index: int, module: nn.Module, args: tuple, output):
+        """Merge the layer's output tokens as the method's schedule says (in place of the block's own output)."""
+        hidden = output[0] if isinstance(output, tuple) else output
+        r = self._tower["schedule"][index]
+        if r > 0:
+            heads = self.arch.vision_layers[index].self_attn.num_heads
+            keys = self._vision_captured["key"].view(hidden.shape[0], hidden.shape[1], heads, -1).mean(dim=2)
+            hidden, self._tower["size"], self._tower["sources"] = self.method.tower_step(
+                hidden, keys, self._tower["size"], self._tower["sources"], r
+            )
+        if index == self.arch.vision_feature_index:
+            self._tower["hidden"] = hidden
+        return hidden if r > 0 else None
+
+    def _on_projector(self, module: nn.Module, args: tuple):
+        """Vision stage: choose each image's features before the projector; pad back to the image token count.
+
+        LLaVA scatters exactly one projected feature per image token, so the projector must still return as many
+        rows; the chosen features come first and zero rows fill the rest, which the text model's pre-hook drops.
+        """
+        features = args[0]  # [images, Nv, Dv] (the [CLS] token already dropped)
+        captured, self._vision_captured = self._vision_captured, {}
+        tower, self._tower = self._tower, {}
+        layer = self.arch.vision_layers[self.arch.vision_feature_index].self_attn
+        n_images, n_visual = features.shape[0], self.arch.n_image_tokens
+        plan = _plan(self.method, self.arch.n_layers, n_visual)
+        self._vision_decisions = []
+        if not plan.prune_layers:
+            return None
+        rows = []
+        for image in range(n_images):
+            if tower:  # a tower-merging method: what the LLM reads is the tower's merged tokens
+                inp = StageInput(
+                    0,
+                    BEFORE_LLM,
+                    features[image],
+                    None,
+                    torch.Generator(),
+                    tower_tokens=tower["hidden"][image],
+                    tower_sources=tower["sources"][image],
+                )
+                decision = self.method.decide(inp, plan)
+                self._vision_decisions.append((decision, decision.merged.shape[0]))
+                merged = decision.merged.to(features.dtype)
+                rows.append(torch.cat([merged, merged.new_zeros(n_visual - merged.shape[0], merged.shape[1])]))
+                continue
+            queries = captured["query"][image].view(-1, layer.num_heads, layer.head_dim).transpose(0, 1)  # [Hv, L, d]
+            keys = captured["key"][image].view(-1, layer.num_heads, layer.head_dim).transpose(0, 1)
+            cls_row = ((queries[:, :1] @ keys.transpose(1, 2)).float() * layer.scale).softmax(dim=-1)[:, 0, 1:]
+            inp = StageInput(
+                0,
+                BEFORE_LLM,
+                features[image],
+                None,
+                torch.Generator().manual_seed(plan.seed),
+                grid=_square_grid(n_visual),
+                cls_hidden=captured["hidden"][image, 0],
+                cls_attention=cls_row,
+                vision_keys=captured["key"][image],
+            )
+            decision = self.method.decide(inp, plan)
+            chosen = features[image][decision.kept]
+            if decision.merged is not None:
+                merged = decision.merged.to(chosen.dtype)
+                first = decision.merged_first
+                chosen = torch.cat([merged[:first], chosen, merged[first:]])
+            self._vision_decisions.append((decision, chosen.shape[0]))
+            rows.append(torch.cat([chosen, chosen.new_zeros(n_visual - chosen.shape[0], chosen.shape[1])]))
+        return (torch.stack(rows), *args[1:])
 
     def _on_text_start(self, module: nn.Module, args: tuple, kwargs: dict):
         self._state = None
@@ -149,17 +284,25 @@ class _Engine:
                     "input_ids: image tokens after a non-empty KV cache (a later turn with a new image) cannot be "
                     "pruned; start a new generate() for each image"
                 )
-            self._state = self._start_prefill(input_ids, embeds, kwargs["position_ids"], kwargs.get("attention_mask"))
+            state = self._state = self._start_prefill(
+                input_ids, embeds, kwargs["position_ids"], kwargs.get("attention_mask")
+            )
+            if BEFORE_LLM in self.prune_layers:  # pre-LLM methods: the text model reads the shortened sequence
+                shortened = self._stage(state, BEFORE_LLM, embeds)
+                if shortened is not None:
+                    kwargs["inputs_embeds"] = shortened
+                    kwargs["attention_mask"] = state.valid.long()
+                    kwargs["position_ids"] = state.positions
         elif cache is not None and past > 0 and cache in self._decode:
             decode = self._decode[cache]
             mask2d = kwargs.get("attention_mask")
             n_new = past - decode.prefill_len + length
             tail = (
-                mask2d[:, decode.prefill_len :].bool()
+                mask2d[:, decode.input_len :].bool()
                 if mask2d is not None and mask2d.dim() == 2
                 else torch.ones(batch, n_new, dtype=torch.bool, device=embeds.device)
             )
-            self._state = _Decode(decode.prefill_len, decode.segments, tail, bool(tail.all()))
+            self._state = _Decode(decode.prefill_len, decode.input_len, decode.segments, tail, bool(tail.all()))
         return args, kwargs
 
     def _start_prefill(
@@ -186,25 +329,22 @@ class _Engine:
                 raise ValueError(f"input_ids: sample {row} has several image blocks; one contiguous image is supported")
             if not bool(valid[row, start:].all()):
                 raise ValueError("attention_mask: padding after the image; pad on the left (padding_side='left')")
-            plan = self.method.plan(n_layers, count)
+            plan = _plan(self.method, n_layers, count)
+            if plan.unpruned and not self._warned:
+                warnings.warn(plan.unpruned, stacklevel=2)
+                self._warned = True
             if plan.prune_layers and plan.prune_layers != self.prune_layers:
                 raise AssertionError(f"{self.method.name}: plan layers {plan.prune_layers} != {self.prune_layers}")
             rater = None
             if plan.score_rows == "raters":
                 rater = select_raters(
-                    embeds[row, start : start + count],
-                    embeds[row, start + count :],
-                    getattr(self.method, "raters", "relevant"),
-                    getattr(self.method, "rater_dtype", "model"),
+                    embeds[row, start : start + count], embeds[row, start + count :], plan.raters, plan.rater_dtype
                 )
             plans.append(plan)
             vis_start.append(start)
             vis_len.append(count)
             raters.append(rater)
-            if plan.noise_seed is not None:  # the reference's stream: the default generator reseeded per generate()
-                generators.append(torch.Generator(device=device).manual_seed(plan.noise_seed))
-            else:
-                generators.append(_sample_generator(getattr(self.method, "seed", 0), input_ids[row][valid[row]]))
+            generators.append(_sample_generator(plan, input_ids[row][valid[row]], device))
             samples.append(
                 SampleTrace(
                     n_layers=n_layers,
@@ -232,6 +372,7 @@ class _Engine:
             samples=samples,
             hf_mask_present=mask2d is not None and not bool(valid.all()),
             original_valid_count=counts,
+            input_len=length,
             segment=segment,
         )
 
@@ -280,7 +421,16 @@ class _Engine:
         if isinstance(self._state, _Prefill):
             self._state.captured[kind] = output
 
-    def _score(self, state: _Prefill, row: int, plan: Plan, hidden: torch.Tensor) -> torch.Tensor | None:
+    def _keys(self, state: _Prefill, row: int, start: int) -> torch.Tensor:
+        """[Nv + Nt, Hkv * d] the pruning layer's keys of one sample after RoPE, from the visual block on."""
+        cos, sin = state.layer_rotary
+        cos, sin = (cos[row] if cos.shape[0] > 1 else cos[0]), (sin[row] if sin.shape[0] > 1 else sin[0])
+        key = state.captured["key"][row][start:]
+        heads = key.view(key.shape[0], -1, self.arch.head_dim).transpose(0, 1)  # [Hkv, L', d]
+        rotated, _ = self.arch.apply_rope(heads, heads, cos[start:], sin[start:], unsqueeze_dim=0)
+        return rotated.transpose(0, 1).reshape(key.shape[0], -1)
+
+    def _score(self, state: _Prefill, row: int, plan: Plan, hidden: torch.Tensor, index: int) -> torch.Tensor | None:
         """[H, R, Nv] attention of the score rows over the current visual block of one sample."""
         if plan.score_rows is None:
             return None
@@ -290,9 +440,14 @@ class _Engine:
         else:
             rows = torch.tensor([hidden.shape[1] - 1], device=hidden.device)
         cos, sin = state.layer_rotary
+        query, key = state.captured["query"][row], state.captured["key"][row]
+        if plan.score_with_next_layer:  # PyramidDrop: the next layer's view of this layer's output
+            layer = self.arch.layers[index + 1]
+            normed = layer.input_layernorm(hidden[row])
+            query, key = layer.self_attn.q_proj(normed), layer.self_attn.k_proj(normed)
         probs = attention_rows(
-            state.captured["query"][row],
-            state.captured["key"][row],
+            query,
+            key,
             cos[row] if cos.shape[0] > 1 else cos[0],
             sin[row] if sin.shape[0] > 1 else sin[0],
             rows,
@@ -321,7 +476,10 @@ class _Engine:
         state = self._state
         if not isinstance(state, _Prefill):
             return None
-        hidden = output
+        return self._stage(state, index, output)
+
+    def _stage(self, state: _Prefill, index: int, hidden: torch.Tensor) -> torch.Tensor | None:
+        """Decide (and recycle) for every sample pruned at `index`; the new hidden states, or None if none is."""
         decisions: list[StageDecision | None] = []
         for row, plan in enumerate(state.plans):
             if index not in plan.prune_layers:
@@ -329,30 +487,51 @@ class _Engine:
                 continue
             start, count = state.vis_start[row], state.vis_len[row]
             stage = plan.prune_layers.index(index)
+            visual = hidden[row, start : start + count]
+            if index == BEFORE_LLM and self._vision_decisions:  # decided on the vision tower (_on_projector)
+                decision, n_real = self._vision_decisions[row]
+                decisions.append(StageDecision(kept=torch.arange(n_real, device=visual.device)))
+                self._record(state, row, index, count, decision)
+                continue
             inp = StageInput(
                 stage,
                 index,
-                hidden[row, start : start + count],
-                self._score(state, row, plan, hidden),
+                visual,
+                self._score(state, row, plan, hidden, index),
                 state.generators[row],
+                text=hidden[row, start + count :] if "text" in plan.needs else None,
+                grid=_square_grid(count) if not state.samples[row].stages else None,
+                keys=self._keys(state, row, start) if "keys" in plan.needs else None,
+                final_norm=self.arch.text_model.norm if "final_norm" in plan.needs else None,
+                image_start=start - int((~state.valid[row, :start]).sum()),
             )
             decision = self.method.decide(inp, plan)
+            if plan.recycling is not None and decision.merged is None and decision.kept.numel() < count:
+                if decision.scores is None:
+                    raise ValueError(f"{self.method.name}: recycling needs the method's scores (StageDecision.scores)")
+                merged, groups = recycle_deleted(visual, decision.scores, decision.kept, plan.recycling, inp.generator)
+                decision = StageDecision(decision.kept, merged, groups, decision.rank, decision.scores)
             decisions.append(decision)
-            origin = state.origin[row, start : start + count]
-            state.samples[row].stages.append(
-                StageRecord(
-                    layer=index,
-                    visual_in=count,
-                    kept=decision.kept.tolist(),
-                    kept_original=origin[decision.kept].tolist(),
-                    merged_groups=decision.merged_groups,
-                    rank=decision.rank,
-                )
-            )
+            self._record(state, row, index, count, decision)
         state.captured.clear()
         if all(d is None for d in decisions):
             return None
         return self._rebuild(state, hidden, decisions)
+
+    @staticmethod
+    def _record(state: _Prefill, row: int, index: int, count: int, decision: StageDecision) -> None:
+        """Append one decision to the sample's trace (kept tokens also as indices into the prompt)."""
+        origin = state.origin[row, state.vis_start[row] : state.vis_start[row] + count]
+        state.samples[row].stages.append(
+            StageRecord(
+                layer=index,
+                visual_in=count,
+                kept=decision.kept.tolist(),
+                kept_original=origin[decision.kept].tolist(),
+                merged_groups=decision.merged_groups,
+                rank=decision.rank,
+            )
+        )
 
     def _rebuild(self, state: _Prefill, hidden: torch.Tensor, decisions: list[StageDecision | None]) -> torch.Tensor:
         """New hidden states [pad | pre | kept | recycled | text] per sample, left-padded to a common length."""
@@ -428,6 +607,7 @@ class _Engine:
     # ------------------------------------------------------------------------------------------------ forward exit
     def _on_text_end(self, module: nn.Module, args: tuple, kwargs: dict, output) -> None:
         state, self._state = self._state, None
+        self._vision_decisions = []
         if not isinstance(state, _Prefill):
             return
         counts: dict[int, list[int]] = {}
@@ -442,7 +622,24 @@ class _Engine:
             self.trace.samples.append(sample)
         cache = getattr(output, "past_key_values", None)
         if cache is not None:
-            self._decode[cache] = _Decode(prefill_len=state.segments[0].key_valid.shape[1], segments=state.segments)
+            self._decode[cache] = _Decode(
+                prefill_len=state.segments[0].key_valid.shape[1], input_len=state.input_len, segments=state.segments
+            )
+
+
+def check(model: nn.Module, method: PruningMethod) -> ArchSpec:
+    """Raise the one-line error attach would (unsupported model, shape, tower or budget); install nothing.
+
+    The budget is checked for the model's image-token count (LLaVA-1.5: 576), so an unreachable budget fails here, not
+    at the first forward pass.
+    """
+    if not isinstance(method, PruningMethod):
+        raise TypeError(f"method: expected a sparsevlm method (sparsevlm.make_method, SparseVLM, ...), got {method!r}")
+    arch = resolve(model)
+    method.check_model(arch.n_layers, arch.n_heads)
+    method.check_tower(arch.vision_feature_index + 1, arch.n_image_tokens)
+    _plan(method, arch.n_layers, arch.n_image_tokens)
+    return arch
 
 
 @contextlib.contextmanager
@@ -452,10 +649,7 @@ def attach(model: nn.Module, method: PruningMethod) -> Iterator[PruneTrace]:
     Works in every generation mode (greedy, sampling, beam search) and with left-padded batches. On exit every
     hook is removed and the model is exactly as before.
     """
-    if not isinstance(method, PruningMethod):
-        raise TypeError(f"method: expected a sparsevlm method (SparseVLM, FastV, RandomPrune, Dense), got {method!r}")
-    arch = resolve(model)
-    method.check_model(arch.n_layers, arch.n_heads)
+    arch = check(model, method)
     engine = _Engine(arch, method)
     handles = engine.install()
     try:

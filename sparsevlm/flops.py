@@ -11,13 +11,9 @@ Conventions (docs/efficiency.md):
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
-
-import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from sparsevlm.methods.base import PruningMethod
 from sparsevlm.trace import SampleTrace
@@ -182,20 +178,22 @@ def full_flops(config: Any, sample: SampleTrace, score_rows: int) -> FlopsBreakd
 
 def scored_rows(method: PruningMethod, sample: SampleTrace) -> int:
     """Attention rows the method scores at each pruning layer: its raters, the last token (FastV), or none."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a budget >= n_visual warns; the plan is still what ran
-        rows = method.plan(sample.n_layers, sample.n_visual).score_rows
+    rows = method.plan(sample.n_layers, sample.n_visual).score_rows
     return {"raters": len(sample.raters), "last": 1, None: 0}[rows]
 
 
-# ----------------------------------------------------------------------------------------- FlopCounterMode helpers
+# ------------------------------------- FlopCounterMode helpers (torch imported here: the formulas above need none)
 def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     """FlopCounterMode hands shapes, not tensors, to mapped functions."""
+    from torch.utils.flop_counter import sdpa_flop_count
+
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
 def sdpa_custom_mapping() -> dict:
     """FlopCounterMode mapping that counts CPU SDPA (missing from torch's registry), full S x S square."""
+    import torch
+
     aten = torch.ops.aten
     return {
         aten.scaled_dot_product_attention: _sdpa_flops,
@@ -205,6 +203,8 @@ def sdpa_custom_mapping() -> dict:
 
 def measure_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:
     """Run fn() under FlopCounterMode (CPU SDPA counted); return (total FLOPs, per-module totals), 2 FLOPs per MAC."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     with FlopCounterMode(display=False, custom_mapping=sdpa_custom_mapping()) as counter:
         fn()
     per_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sparsevlm.methods.base import Recycling
 
 PAPER_DEPTH = 32  # LLaVA-1.5-7B: the depth every authors' table was tuned for
 PAPER_VISUAL = 576  # 24 x 24 CLIP-L/336 patches
@@ -170,11 +174,20 @@ def derive_keeps(
     return tuple(keeps_at(best))
 
 
-def single_stage_keep(budget: int, prune_layer: int, n_visual: int, n_layers: int, convention: str = "output") -> int:
+def single_stage_keep(
+    budget: int,
+    prune_layer: int,
+    n_visual: int,
+    n_layers: int,
+    convention: str = "output",
+    recycling: Recycling | None = None,
+) -> int:
     """Keep count for a one-stage method (FastV, random) pruning the output of `prune_layer` to hit the budget.
 
     convention "output" (the paper's, as for SparseVLM): (p * Nv + (N - p) * k) / N = budget;
     "input" (Gumpest/SparseVLMs#12, #35: the pruning layer counts at full length): ((p+1) * Nv + (N-p-1) * k) / N.
+    With recycling, the layers after the stage also carry the merged tokens, so k is the largest count whose
+    k + recycled tokens does not exceed the budget's share (at least 1).
     """
     full_layers = prune_layer + (1 if convention == "input" else 0)
     keep = int(round((budget * n_layers - full_layers * n_visual) / (n_layers - full_layers)))
@@ -184,4 +197,11 @@ def single_stage_keep(budget: int, prune_layer: int, n_visual: int, n_layers: in
             f"budget={budget} is unreachable when pruning after layer {prune_layer} of {n_layers}: "
             f"{full_layers} layers see all {n_visual} visual tokens (minimum {floor:.1f}, {convention}-side convention)"
         )
-    return min(keep, n_visual)
+    share = keep = min(keep, n_visual)  # visual tokens each later layer may carry
+    while (
+        recycling is not None
+        and keep > 1
+        and keep + recycled_count(n_visual - keep, recycling.fraction, recycling.cluster_ratio) > share
+    ):
+        keep -= 1
+    return keep

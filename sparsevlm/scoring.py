@@ -20,9 +20,13 @@ def select_raters(
         return torch.arange(n_text, device=text.device)
     if dtype == "float32":
         visual, text = visual.float(), text.float()
-    relevance = (visual @ text.T).softmax(dim=-1).mean(dim=0)  # [Nt]
+    return above_mean((visual @ text.T).softmax(dim=-1).mean(dim=0))  # relevance [Nt]
+
+
+def above_mean(relevance: torch.Tensor) -> torch.Tensor:
+    """Indices strictly above the mean relevance (a token exactly at the mean does not rate); all if none is."""
     raters = (relevance > relevance.mean()).nonzero().squeeze(1)
-    return raters if raters.numel() else torch.arange(n_text, device=text.device)
+    return raters if raters.numel() else torch.arange(relevance.numel(), device=relevance.device)
 
 
 def attention_rows(

@@ -47,11 +47,17 @@ class SampleTrace:
         """Input-side convention (Gumpest/SparseVLMs#35): mean over layers of each layer's *input* visual count."""
         return sum(self.visual_in) / self.n_layers
 
+    @property
+    def llm_input_tokens(self) -> int:
+        """Visual tokens given to the LLM's first layer (fewer than n_visual only when pruned before the LLM)."""
+        return self.visual_in[0] if self.visual_in else self.n_visual
+
     def to_dict(self) -> dict:
-        """Plain-JSON form, with the two equivalent-token conventions spelled out."""
+        """Plain-JSON form, with the token conventions spelled out."""
         out = asdict(self)
         out["equivalent_tokens"] = self.equivalent_tokens
         out["equivalent_tokens_input"] = self.equivalent_tokens_input
+        out["llm_input_tokens"] = self.llm_input_tokens
         return out
 
 
@@ -68,12 +74,6 @@ class PruneTrace:
         if not self.samples:
             raise LookupError("no prefill with image tokens ran while the method was attached")
         return self.samples[-1]
-
-    def mean_equivalent_tokens(self) -> float:
-        """Mean of the paper-convention equivalent tokens over all recorded samples."""
-        if not self.samples:
-            raise LookupError("no prefill with image tokens ran while the method was attached")
-        return sum(s.equivalent_tokens for s in self.samples) / len(self.samples)
 
     def to_dict(self) -> dict:
         """Plain-JSON form of the whole trace."""

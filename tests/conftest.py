@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration
+
+from eval.shapes import Shape, llava_config
 
 torch.set_num_threads(1)
 
@@ -24,30 +26,23 @@ def build_llava(
 ) -> LlavaForConditionalGeneration:
     """A LLaVA-1.5-shaped model with random weights: (image_size / patch)^2 visual tokens, `n_layers` LLaMA layers."""
     torch.manual_seed(seed)
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
+    shape = Shape(
+        "test",
+        hidden=hidden,
+        intermediate=2 * hidden,
+        layers=n_layers,
+        heads=heads,
+        kv_heads=kv_heads,
+        vision_hidden=32,
+        vision_intermediate=64,
+        vision_layers=2,
+        vision_heads=2,
         image_size=image_size,
         patch_size=patch,
+        vocab=VOCAB,
     )
-    text = LlamaConfig(
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=n_layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads or heads,
-        vocab_size=VOCAB,
-        pad_token_id=0,
-        max_position_embeddings=2048,
-    )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=IMAGE_TOKEN,
-        image_seq_length=(image_size // patch) ** 2,
-    )
+    # LlamaConfig's default eps and positions, which these test models have always been built with
+    config = llava_config(shape, image_token=IMAGE_TOKEN, max_positions=2048, rms_norm_eps=1e-6)
     model = LlavaForConditionalGeneration._from_config(config, attn_implementation=attn)
     return model.eval()
 

@@ -72,28 +72,32 @@ def run(model, inputs: dict, decide, positions_mode: str = "contiguous") -> torc
     box = {}
     hooks = [layer.self_attn.register_forward_hook(lambda m, a, o: box.__setitem__("A", o[1])) for layer in text.layers]
     text.config._attn_implementation, saved = "eager", text.config._attn_implementation
+
+    def apply(decision, h_out, pos, nv):
+        """The sequence after one decision: [pre | kept | merged groups | text], positions as the mode says."""
+        kept, groups = decision
+        vis = h_out[0, vs : vs + nv]
+        merged = [vis[g].sum(0) / (len(g) + 1e-6) for g in groups]
+        parts = [h_out[0, :vs], vis[kept]] + ([torch.stack(merged)] if merged else []) + [h_out[0, vs + nv :]]
+        new_pos = [pos[0, :vs], pos[0, vs:][kept]]
+        new_pos += [pos[0, vs + torch.tensor([g[0] for g in groups])]] if groups else []
+        new_pos += [pos[0, vs + nv :]]
+        h_out = torch.cat(parts)[None]
+        pos = torch.cat(new_pos)[None] if positions_mode == "original" else torch.arange(h_out.shape[1])[None]
+        return h_out, pos, len(kept) + len(groups)
+
     try:
         with torch.no_grad():
+            before = decide(-1, None, h, vs, nv, pos)  # a pre-LLM stage prunes the embeddings themselves
+            if before is not None:
+                h, pos, nv = apply(before, h, pos, nv)
             for index, layer in enumerate(text.layers):
                 length = h.shape[1]
                 causal = torch.full((length, length), torch.finfo(h.dtype).min).triu(1)[None, None]
                 h_out = layer(h, attention_mask=causal, position_ids=pos, position_embeddings=text.rotary_emb(h, pos))
                 decision = decide(index, box["A"], h_out, vs, nv, pos)
                 if decision is not None:
-                    kept, groups = decision
-                    vis = h_out[0, vs : vs + nv]
-                    merged = [vis[g].sum(0) / (len(g) + 1e-6) for g in groups]
-                    parts = (
-                        [h_out[0, :vs], vis[kept]] + ([torch.stack(merged)] if merged else []) + [h_out[0, vs + nv :]]
-                    )
-                    new_pos = [pos[0, :vs], pos[0, vs:][kept]]
-                    new_pos += [pos[0, vs + torch.tensor([g[0] for g in groups])]] if groups else []
-                    new_pos += [pos[0, vs + nv :]]
-                    h_out = torch.cat(parts)[None]
-                    nv = len(kept) + len(groups)
-                    pos = (
-                        torch.cat(new_pos)[None] if positions_mode == "original" else torch.arange(h_out.shape[1])[None]
-                    )
+                    h_out, pos, nv = apply(decision, h_out, pos, nv)
                 h = h_out
             return model.lm_head(text.norm(h))[:, -1]
     finally:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from eval import bench
+from eval import bench, report
 from eval.shapes import PRE_PROMPT, SHAPES, llava_config, make_batch
 from sparsevlm import flops
+from sparsevlm.methods.sparsevlm import VERSION_DEFAULTS
 
 
 def test_shapes_match_the_published_models():
@@ -65,7 +67,11 @@ def test_bench_smoke_on_tiny(tmp_path, capsys):
     assert list(rows) == ["dense", "sparsevlm-1.5@128", "fastv@128"]
     assert len(written["runs"]) == 2 * 3 and all(row["repeats"] == 2 for row in rows.values())
     dense, sparse, fastv = rows["dense"], rows["sparsevlm-1.5@128"], rows["fastv@128"]
-    assert dense["flops_ratio"] == 1.0 and dense["prefill_ratio"] == 1.0 and dense["equivalent_tokens"] == 576
+    assert dense["equivalent_tokens"] == 576
+    for row in (sparse, fastv):  # ratios to dense: FLOPs from the trace, prefill from CPU time (the shared-core clock)
+        assert row["flops_ratio"] == pytest.approx(row["paper_tflops"] / dense["paper_tflops"])
+        assert row["prefill_ratio"] == pytest.approx(row["prefill_cpu_ms"] / dense["prefill_cpu_ms"])
+        assert row["decode_cpu_ms_per_token"] > 0 and row["decode_ratio_paired"]["median"] > 0
     assert dense["paper_tflops"] == pytest.approx(32 * flops.paper_layer_flops(694, 128, 344) / 1e12)
     for row in (sparse, fastv):
         assert row["equivalent_tokens"] == pytest.approx(128, abs=1.5)
@@ -74,6 +80,54 @@ def test_bench_smoke_on_tiny(tmp_path, capsys):
     assert sparse["overhead_flops_pct"] > fastv["overhead_flops_pct"] > 0
     throughput = {(row["label"], row["batch"]): row for row in written["throughput"]}
     assert set(throughput) == {("dense", 1), ("dense", 2), ("sparsevlm-1.5@128", 1), ("sparsevlm-1.5@128", 2)}
-    assert throughput[("dense", 1)]["speedup_vs_batch1"] == 1.0
+    for label in ("dense", "sparsevlm-1.5@128"):  # the speed-up of batch 2 over batch 1 of the same method
+        single, double = throughput[(label, 1)], throughput[(label, 2)]
+        assert double["speedup_vs_batch1"] == pytest.approx(double["samples_per_s"] / single["samples_per_s"])
     printed = capsys.readouterr().out
     assert "| config | eq.tok | TFLOPs paper |" in printed and "sparsevlm-1.5@128: prefill ratio" in printed
+
+
+def test_paired_ratios_pair_each_repeat_with_dense_of_the_same_repeat():
+    def runs(label: str, times: list[float]) -> list[dict]:
+        return [{"label": label, "repeat": i, "timing": {"prefill_cpu_s": t}} for i, t in enumerate(times)]
+
+    dense, pruned = runs("dense", [10.0, 20.0, 12.0]), runs("x", [5.0, 8.0, 9.0])
+    ratio = bench.paired_ratios(pruned, dense, "prefill_cpu_s")
+    assert ratio == {"median": pytest.approx(0.5), "min": pytest.approx(0.4), "max": pytest.approx(0.75)}
+    assert bench._spread(pruned, "prefill_cpu_s", 1e3) == {"median": 8000.0, "min": 5000.0, "max": 9000.0}
+
+
+def test_versions_come_from_the_library():
+    assert bench.parse_args([]).versions == list(VERSION_DEFAULTS)
+    labels = [c.label for c in bench.configurations([16], ["2.0"], None, ("fastv", "random"))]
+    assert labels == ["dense", "sparsevlm-2.0@16", "fastv@16", "random@16"]
+
+
+def test_bench_on_a_checkpoint_times_the_bundled_questions(tmp_path):
+    model = Path(__file__).resolve().parents[1] / "models" / "tiny-llava"
+    if not (model / "model.safetensors").exists():
+        pytest.skip("no committed tiny model")
+    out = tmp_path / "tiny.json"
+    argv = ["--model", str(model), "--batch", "2", "--repeats", "2", "--warmup", "0", "--budgets", "16"]
+    argv += ["--versions", "1.5", "--baselines", "random", "--new-tokens", "3", "--out", str(out)]
+    result = bench.main(argv)
+    rows = {row["label"]: row for row in result["rows"]}
+    assert list(rows) == ["dense", "sparsevlm-1.5@16", "random@16"] and result["meta"]["batch"] == 2
+    assert rows["dense"]["equivalent_tokens"] == 144 and rows["random@16"]["equivalent_tokens"] == 16
+    assert rows["dense"]["kv_mb_per_sample"] == pytest.approx(rows["dense"]["kv_mb"] / 2)
+    timing = report.load_timing(out)  # the reporter reads it under the tables' row labels
+    assert list(timing.frame.index) == ["dense", "sparsevlm-v1.5 @16", "random @16"] and timing.batch == 2
+    assert timing.frame.loc["random @16", "prefill median"] == rows["random@16"]["prefill_time_ms"]["median"]
+
+
+def test_every_registered_method_is_benchmarked_or_skipped_with_its_reason(tmp_path):
+    argv = ["--shape", "tiny", "--repeats", "1", "--warmup", "0", "--budgets", "128", "--versions", "1.5"]
+    result = bench.main([*argv, "--new-tokens", "1", "--baselines", "all", "--out", str(tmp_path / "all.json")])
+    labels = [row["label"] for row in result["rows"]]
+    # the tiny shape's one-layer tower lets ToMe merge at most half of 576 tokens: 128 is below its floor
+    assert labels == ["dense", "sparsevlm-1.5@128", *(f"{m}@128" for m in bench.BASELINES if m != "tome")]
+    assert len(result["skipped"]) == 1 and result["skipped"][0].startswith("skipped tome@128: ")
+    measured = {"pooling@128": 121}  # pooling keeps the 24 x 24 grid's aspect: an 11 x 11 grid fits 128
+    for row in result["rows"][1:]:  # every method's tokens and FLOPs come from its own trace
+        assert row["equivalent_tokens"] == pytest.approx(measured.get(row["label"], 128), abs=1)
+        assert 0 < row["flops_ratio"] < 0.35

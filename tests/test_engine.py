@@ -249,6 +249,8 @@ def test_any_budget_on_the_paper_depth(llava32):
         ({"version": "2.0", "head_fraction": 0.0}, "head_fraction: expected a value in"),
         ({"tie_break": "random"}, "tie_break: got 'random', allowed: 'index', 'noise', 'reference'"),
         ({"keeps": (10, 5)}, "keeps: needs prune_layers"),
+        ({"recycle_fraction": 0.0}, r"recycle_fraction and cluster_ratio: expected values in \(0, 1\]"),
+        ({"cluster_ratio": 1.5}, r"recycle_fraction and cluster_ratio: expected values in \(0, 1\]"),
     ],
 )
 def test_bad_method_fields_fail_fast(kwargs, match):
@@ -259,6 +261,11 @@ def test_bad_method_fields_fail_fast(kwargs, match):
 def test_a_budget_of_zero_is_refused():
     with pytest.raises(ValueError, match="budget: expected a positive int"):
         FastV(budget=0)
+
+
+def test_recycling_options_are_checked_even_when_recycling_is_off():
+    with pytest.raises(ValueError, match="tie_break: got 'random'"):
+        FastV(budget=64, recycle=False, tie_break="random")
 
 
 def test_more_top_heads_than_the_model_has_are_refused(llava32):
@@ -349,30 +356,16 @@ def test_library_imports_no_harness_modules():
 
 
 # ------------------------------------------------------------------------------------- real checkpoint shapes
-@pytest.mark.parametrize(("layers", "hidden", "expected"), [(32, 4096, (2, 6, 15)), (40, 5120, (3, 8, 19))])
-def test_llava_1_5_checkpoint_shapes_attach_and_detach(layers, hidden, expected):
+@pytest.mark.parametrize(
+    ("name", "layers", "expected"), [("llava-1.5-7b", 32, (2, 6, 15)), ("llava-1.5-13b", 40, (3, 8, 19))]
+)
+def test_llava_1_5_checkpoint_shapes_attach_and_detach(name, layers, expected):
     """llava-hf/llava-1.5-{7b,13b}-hf configs, built on the meta device (no weights allocated)."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
-    vision = CLIPVisionConfig(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=336,
-        patch_size=14,
-        projection_dim=768,
-        hidden_act="quick_gelu",
-    )
-    text = LlamaConfig(
-        hidden_size=hidden,
-        intermediate_size=11008 if hidden == 4096 else 13824,
-        num_hidden_layers=layers,
-        num_attention_heads=hidden // 128,
-        vocab_size=32064,
-        rms_norm_eps=1e-5,
-    )
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=32000, image_seq_length=576)
+    from eval.shapes import SHAPES, llava_config
+
+    config = llava_config(SHAPES[name])
     config.text_config._attn_implementation = "sdpa"
     with torch.device("meta"):
         model = LlavaForConditionalGeneration(config)

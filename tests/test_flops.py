@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_inputs
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+from transformers import LlavaConfig
 from transformers.models.clip.modeling_clip import CLIPVisionModel
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
 import sparsevlm
+from eval.shapes import SHAPES, llava_config
 from sparsevlm import flops
 from sparsevlm.schedule import V15_TABLE, per_layer_visual, stage_counts
 from sparsevlm.trace import SampleTrace, StageRecord
@@ -139,21 +140,11 @@ def test_rank_stage_adds_svd_estimate(llava32):
 
 
 def _llava_7b_config() -> LlavaConfig:
-    text = LlamaConfig(
-        hidden_size=D7B, intermediate_size=M7B, num_hidden_layers=32, num_attention_heads=32, vocab_size=32064
-    )
-    vision = CLIPVisionConfig(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=336,
-        patch_size=14,
-        hidden_act="quick_gelu",
-    )
-    for config in (text, vision):
-        config._attn_implementation = "sdpa"
-    return LlavaConfig(vision_config=vision, text_config=text)
+    config = llava_config(SHAPES["llava-1.5-7b"])
+    assert (config.text_config.hidden_size, config.text_config.intermediate_size) == (D7B, M7B)
+    for sub in (config.text_config, config.vision_config):
+        sub._attn_implementation = "sdpa"
+    return config
 
 
 def test_llava_7b_shapes_on_meta_device():

@@ -17,6 +17,7 @@ from tiny_checkpoint import save_tiny_checkpoint, write_pope_fixture, write_task
 torch.set_num_threads(1)
 pytest.importorskip("lmms_eval")
 
+from eval.config import ConfigError  # noqa: E402
 from eval.lmms_model import SparseVLMModel, build_method  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,7 +197,7 @@ def test_loglikelihood_and_multi_round(pruned_run):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ("method=sparsvlm,budget=64", "method: got 'sparsvlm', allowed: dense, fastv, random, sparsevlm"),
+        ("method=sparsvlm,budget=64", "method: got 'sparsvlm', allowed: "),  # the list: test_unknown_method_...
         ("method=dense,budget=64", "budget: dense keeps every visual token"),
         ("method=fastv", "budget: method 'fastv' needs a token budget"),
         ("method=sparsevlm,budget=-3", "budget: expected a positive int, got -3"),
@@ -217,10 +218,21 @@ def test_bad_model_args_fail_with_one_line_before_loading(args, message, tmp_pat
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_unknown_method_lists_every_registered_method(tmp_path):
+    with pytest.raises(ValueError) as err:
+        SparseVLMModel.create_from_arg_string(f"pretrained={tmp_path / 'never-loaded'},method=sparsvlm,budget=64")
+    allowed = str(err.value).split("allowed: ")[1].split(", ")
+    assert {"dense", "fastv", "random", "sparsevlm"} <= set(allowed) and allowed == sorted(allowed)
+
+
 def test_method_options_from_cli_strings():
     method = build_method("sparsevlm", 64, "2.0", prune_layers="[1,3,5]", gravity="false")
     assert method.version == "2.0" and method.prune_layers == (1, 3, 5) and method.gravity is False
     assert build_method("fastv", "128", layer=3).budget == 128
+    assert build_method("fastv", " 64 ").budget == 64
+    for bad in ("1.5", "064", "+64", "0", 1.5, True):  # parsed, then refused by the runner's own check
+        with pytest.raises(ConfigError, match=r"^budget: expected a positive int, got "):
+            build_method("fastv", bad)
 
 
 def test_prompt_styles(pruned_run):
@@ -256,24 +268,19 @@ def test_bundled_local_tasks_run(pruned_run):
     assert len(lm.efficiency_records) == 2 * len(expected)
 
 
-def test_entry_point_is_installed():
-    """pyproject.toml declares `sparsevlm = "eval.lmms_model:manifests"`; `pip install -e .` installs it."""
+def test_the_wheel_registers_no_lmms_eval_entry_point():
+    """The harness is not in the wheel, so an entry point naming eval.lmms_model would break lmms-eval's plugins."""
     points = {ep.name: ep.value for ep in metadata.entry_points(group="lmms_eval.models")}
-    assert points.get("sparsevlm") == "eval.lmms_model:manifests", "add the entry point and run pip install -e ."
+    assert "sparsevlm" not in points
 
 
 def test_lmms_eval_cli_route(assets):
-    """`python -m lmms_eval --model sparsevlm ...` resolves our manifest and writes results (the exit code lies)."""
-    plugin = assets.root / "entry_point"  # the same entry point, so the test does not depend on the install state
-    dist = plugin / "sparsevlm_lmms_test-0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: sparsevlm-lmms-test\nVersion: 0\n")
-    (dist / "entry_points.txt").write_text("[lmms_eval.models]\nsparsevlm = eval.lmms_model:manifests\n")
+    """`python -m eval.lmms_cli --model sparsevlm ...` is lmms-eval's CLI with our model; it writes results."""
     out_dir = assets.root / "cli"
-    env = {**os.environ, "PYTHONPATH": f"{plugin}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     model_args = f"pretrained={assets.checkpoint},method=sparsevlm,budget=64"
-    command = [sys.executable, "-m", "lmms_eval", "--model", "sparsevlm", "--model_args", model_args]
+    command = [sys.executable, "-m", "eval.lmms_cli", "--model", "sparsevlm", "--model_args", model_args]
     command += ["--tasks", "pope_local", "--include_path", str(assets.tasks), "--limit", "4", "--batch_size", "2"]
     command += ["--gen_kwargs", GEN_KWARGS, "--output_path", str(out_dir)]
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

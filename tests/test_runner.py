@@ -376,3 +376,16 @@ def test_provenance_command_is_the_cells_own_command_line(tmp_path):
     command = read_record(path).provenance.command
     assert command == f"python -m eval.run results_dir={tmp_path} model=tiny-llava budget=48"
     assert os.path.basename(sys.argv[0]) not in command
+
+
+def test_a_flops_matched_cell_runs_and_records_the_resolved_budget(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(
+        runner, "evaluate", lambda spec, device, guard: seen.append(spec) or _fake_evaluate([])(spec, device, guard)
+    )
+    outcome = runner.run_cell(_cfg(tmp_path, "method=divprune", "budget=48", "budget_convention=flops"))
+    assert outcome.status == "ok", outcome.detail
+    ran = seen[0].method.budget
+    assert ran > 48  # pruning before the LLM keeps more tokens for SparseVLM's FLOPs at 48 (tiny model: 8 layers)
+    assert outcome.record.grid["budget"] == 48 and outcome.record.grid["method_budget"] == ran
+    assert outcome.record.grid["budget_convention"] == "flops" and "-flops_b48_" in outcome.record.run_id

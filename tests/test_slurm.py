@@ -8,9 +8,11 @@ Skipped without the Slurm and MUNGE binaries (.ci/install-slurm installs them) o
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -239,6 +241,18 @@ def _slurm_task_of(pid: int) -> str:
     return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
 
 
+def _hold_stopped(pid: int, released: threading.Event) -> None:
+    """Keep a process stopped (re-sending SIGSTOP every 5 ms) until it has exited or `released` is set."""
+    while not released.is_set():
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+                return
+            os.kill(pid, signal.SIGSTOP)
+        except (ProcessLookupError, FileNotFoundError):
+            return
+        time.sleep(0.005)
+
+
 @pytest.mark.slurm
 def test_cancelled_job_is_reported_lost_and_a_rerun_completes_the_sweep_once(cluster, tmp_path):
     results, first_dir, second_dir = tmp_path / "runs", tmp_path / "sweep1", tmp_path / "sweep2"
@@ -254,17 +268,24 @@ def test_cancelled_job_is_reported_lost_and_a_rerun_completes_the_sweep_once(clu
     try:
         # a cell writes running.json (with its pid) once it holds its lock and starts computing
         running: list[Path] = []
+        released = threading.Event()
 
         def cell_started() -> bool:
             running[:] = sorted((results / "cancel").glob("*/running.json"))
             return bool(running) and sweep.poll() is None
 
-        cluster.wait_until(cell_started, SWEEP_TIMEOUT_S, "a running cell")
+        cluster.wait_until(cell_started, SWEEP_TIMEOUT_S, "a running cell", interval=0.05)
         victim = running[0].parent.name
-        job_id = _slurm_task_of(json.loads(running[0].read_text())["pid"])
+        pid = json.loads(running[0].read_text())["pid"]
+        # hold the cell stopped until Slurm kills it: a quiet machine computes one in about a second, and scancel's
+        # SIGCONT + SIGTERM (which submitit ignores) would otherwise let it finish within KillWait
+        holder = threading.Thread(target=_hold_stopped, args=(pid, released), daemon=True)
+        holder.start()
+        job_id = _slurm_task_of(pid)
         cluster.run("scancel", job_id)
         out, err = sweep.communicate(timeout=SWEEP_TIMEOUT_S)
     finally:
+        released.set()
         if sweep.poll() is None:
             sweep.send_signal(signal.SIGKILL)
             sweep.wait()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import random
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,18 @@ def test_same_seed_same_bytes_and_different_seed_differs() -> None:
     assert [r["image"]["bytes"] for r in a["random"]] != [r["image"]["bytes"] for r in c["random"]]
     assert synth.build_mme(7, 6) == synth.build_mme(7, 6)
     assert synth.build_gqa(7, 6) == synth.build_gqa(7, 6)
-    assert synth.TRAIN_SEED != synth.EVAL_SEED
+
+
+def test_held_out_sets_and_training_use_separate_streams() -> None:
+    # One seed would give POPE, MME and GQA the same first scene; separate streams share no image.
+    images: dict[str, set[bytes]] = defaultdict(set)
+    for item in synth.eval_items(n_pope=4, n_mme=4, n_gqa=4):
+        held_out_set = {"existence": "pope", "mme": "mme"}.get(item["family"], "gqa")
+        images[held_out_set].add(item["image"]["bytes"])
+    assert sorted(images) == ["gqa", "mme", "pope"]
+    assert not (images["pope"] & images["mme"] or images["pope"] & images["gqa"] or images["mme"] & images["gqa"])
+    seeds = [synth.eval_seed(name) for name in synth.SEED_OFFSETS]
+    assert len({*seeds, synth.TRAIN_SEED}) == len(seeds) + 1
 
 
 def test_objects_fill_single_patches() -> None:
@@ -60,7 +71,21 @@ def test_pope_columns_splits_and_answers() -> None:
     # Same images across the splits, as in POPE; negatives sampled differently.
     assert [r["image_source"] for r in pope["random"]] == [r["image_source"] for r in pope["popular"]]
     negatives = {s: [r["question"] for r in rows if r["answer"] == "no"] for s, rows in pope.items()}
-    assert negatives["random"] != negatives["popular"] != negatives["adversarial"]
+    assert len({tuple(questions) for questions in negatives.values()}) == 3  # every pair of splits differs
+    # Each split follows its own rule, checked against the objects decoded from each image.
+    scenes = {r["image_source"]: synth.decode_scene(r["image"]["bytes"]) for r in pope["random"]}
+    frequency = Counter(t for scene in scenes.values() for t in scene.types())
+    popularity = sorted(synth.TYPES, key=lambda t: (-frequency[t], synth.TYPES.index(t)))
+    asked: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    for split in ("adversarial", "popular"):
+        for r in pope[split]:
+            if r["answer"] == "no":
+                colour, shape = re.fullmatch(r"Is there a (\w+) (\w+) in the image\?", r["question"]).groups()
+                asked[split, r["image_source"]].append((colour, shape))
+    for source, scene in scenes.items():
+        present = scene.types()
+        assert all(any(c == colour or s == shape for c, s in present) for colour, shape in asked["adversarial", source])
+        assert asked["popular", source] == [t for t in popularity if t not in present][:3]
 
 
 def test_pope_answers_match_the_scene() -> None:
@@ -128,7 +153,9 @@ def test_committed_data_matches_generator() -> None:
         pytest.skip(f"no committed data at {path}")
     pope = pq.read_table(path / "pope" / "test.parquet").to_pylist()
     expected = [
-        r for split in ("adversarial", "popular", "random") for r in synth.build_pope(synth.EVAL_SEED, 50)[split]
+        r
+        for split in ("adversarial", "popular", "random")
+        for r in synth.build_pope(synth.eval_seed("pope"), synth.POPE_IMAGES)[split]
     ]
     assert [(r["question"], r["answer"], r["category"]) for r in pope] == [
         (r["question"], r["answer"], r["category"]) for r in expected
@@ -136,11 +163,11 @@ def test_committed_data_matches_generator() -> None:
     assert pope[7]["image"]["bytes"] == expected[7]["image"]["bytes"]
     mme = pq.read_table(path / "mme" / "test.parquet").to_pylist()
     assert [(r["question_id"], r["question"], r["answer"]) for r in mme] == [
-        (r["question_id"], r["question"], r["answer"]) for r in synth.build_mme(synth.EVAL_SEED + 1, 75)
+        (r["question_id"], r["question"], r["answer"]) for r in synth.build_mme(synth.eval_seed("mme"), synth.MME_PAIRS)
     ]
     gqa = pq.read_table(path / "gqa" / "testdev_balanced_instructions.parquet").to_pylist()
     assert [(r["imageId"], r["question"], r["answer"]) for r in gqa] == [
-        (r["imageId"], r["question"], r["answer"]) for r in synth.build_gqa(synth.EVAL_SEED + 2, 100)[0]
+        (r["imageId"], r["question"], r["answer"]) for r in synth.build_gqa(synth.eval_seed("gqa"), synth.GQA_IMAGES)[0]
     ]
 
 

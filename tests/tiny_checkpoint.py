@@ -7,26 +7,13 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    CLIPImageProcessor,
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaProcessor,
-    PreTrainedTokenizerFast,
-)
+from transformers import CLIPImageProcessor, LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast
+
+from eval.shapes import Shape, llava_config, tokenizer_ids
+from eval.tiny_train.model import SPECIALS, llama_tokenizer, llava_processor
 
 IMAGE_SIZE = 64
 PATCH = 4  # (64 / 4)^2 = 256 visual tokens
-SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-# The llava-1.5-hf template without the {% generation %} tags: "USER: <image>\n{text} ASSISTANT:".
-CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' ' }}"
-    "{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
-)
 OBJECTS = ["person", "dog", "cat", "car", "chair", "bottle", "cup", "bird", "tree", "bus"]
 CORPUS = [
     f"USER: Is there a {o} in the image? Answer the question using a single word or phrase. ASSISTANT: {a}"
@@ -44,15 +31,7 @@ def build_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
         vocab_size=vocab_size, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tok.train_from_iterator(CORPUS, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
-        padding_side="left",
-    )
+    return llama_tokenizer(tok)
 
 
 def build_processor() -> LlavaProcessor:
@@ -63,14 +42,7 @@ def build_processor() -> LlavaProcessor:
         image_mean=[0.48145466, 0.4578275, 0.40821073],
         image_std=[0.26862954, 0.26130258, 0.27577711],
     )
-    return LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=build_tokenizer(),
-        patch_size=PATCH,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=CHAT_TEMPLATE,
-    )
+    return llava_processor(build_tokenizer(), image_processor, PATCH)
 
 
 def build_model(
@@ -80,33 +52,11 @@ def build_model(
 
     The large std makes greedy answers depend on the image and question (the default init answers the same everywhere).
     """
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH,
-    )
-    text = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=n_layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        max_position_embeddings=1024,
-    )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_seq_length=(IMAGE_SIZE // PATCH) ** 2,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
+    # decoder hidden 64, MLP 128, n_layers layers, 4 heads; CLIP tower hidden 32, MLP 64, 2 layers, 2 heads
+    shape = Shape("tiny-checkpoint", 64, 128, n_layers, 4, 32, 64, 2, 2, IMAGE_SIZE, PATCH, vocab=len(tokenizer))
+    # LlamaConfig's default eps, the last vision layer: the settings these fixtures have always had
+    config = llava_config(
+        shape, **tokenizer_ids(tokenizer), max_positions=1024, rms_norm_eps=1e-6, vision_feature_layer=-1
     )
     torch.manual_seed(seed)  # biases and norms come from the default init
     model = LlavaForConditionalGeneration(config).eval()
@@ -129,6 +79,7 @@ def save_tiny_checkpoint(path: str | Path, n_layers: int = 8, seed: int = 0) -> 
 
 
 def _png_bytes(image) -> bytes:
+    """A PIL image encoded as PNG bytes."""
     import io
 
     buffer = io.BytesIO()

@@ -1,8 +1,8 @@
-"""Baselines at matched equivalent-token budgets: Dense (upper bound), FastV, random pruning."""
+"""One-stage in-LLM baselines at matched budgets: FastV and random pruning (and their shared mechanics)."""
 
 from __future__ import annotations
 
-import warnings
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -11,124 +11,107 @@ from sparsevlm.methods.base import (
     PruningMethod,
     StageDecision,
     StageInput,
-    check_budget,
     check_choice,
-    check_field_types,
+    check_fields,
+    recycling_of,
     topk_sorted,
+    unpruned_plan,
 )
+from sparsevlm.registry import register
 from sparsevlm.schedule import PAPER_DEPTH, map_layers, single_stage_keep
 
 FASTV_K = 2  # FastV's K for LLaVA-1.5 (32 layers); other depths map it with schedule.map_layers
+CONVENTIONS = ("output", "input")
+POSITIONS = ("original", "contiguous")
 
 
 @dataclass(frozen=True)
-class Dense(PruningMethod):
-    """No pruning: the attached model must behave exactly like the bare one (the Table-1 upper-bound row)."""
-
-    name: ClassVar[str] = "dense"
-
-
-def _check_layer(layer: object) -> None:
-    if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or layer < 1):
-        raise ValueError(f"layer: expected null (depth-mapped K) or an int >= 1 (FastV's K), got {layer!r}")
-
-
-def _check_depth(layer: int | None, n_layers: int) -> None:
-    if layer is not None and layer >= n_layers:
-        raise ValueError(f"layer: K={layer} must be < the model's {n_layers} decoder layers")
-
-
-def _single_stage_layers(layer: int | None, n_layers: int) -> tuple[int, ...]:
-    """The pruned layer's index, K - 1; K defaults to FastV's 2 at 32 layers, depth-mapped elsewhere."""
-    if layer is None:
-        return map_layers((FASTV_K - 1,), n_layers, PAPER_DEPTH)
-    return (layer - 1,)
-
-
-def _single_stage_plan(method, n_layers: int, n_visual: int, score_rows: str | None) -> Plan:
-    """Plan for one pruning stage at FastV's layer K - 1 with the keep count matched to the budget."""
-    if method.budget >= n_visual:
-        warnings.warn(
-            f"{method.name}: budget={method.budget} >= {n_visual} visual tokens; nothing is pruned", stacklevel=3
-        )
-        return Plan()
-    prune_layer = method.pruning_layers(n_layers)[0]
-    keep = single_stage_keep(method.budget, prune_layer, n_visual, n_layers, method.convention)
-    return Plan((prune_layer,), (keep,), score_rows, positions=method.positions)
-
-
-@dataclass(frozen=True)
-class FastV(PruningMethod):
-    """FastV (Chen et al., ECCV 2024): from layer K on keep the visual tokens the last token attends to most.
+class OneStage(PruningMethod):
+    """A method that prunes once, after FastV's layer K - 1, keeping a count matched to the budget.
 
     `layer` is FastV's K, the first layer that sees the pruned sequence (None: K = 2 on 32 layers, mapped to other
-    depths like SparseVLM's layers); scores are layer K-1's attention of the last prompt token, averaged over heads.
-    The keep count is matched to `budget` equivalent tokens under `convention` ("output": the paper's, as
-    SparseVLM's budgets; "input": counting layer K-1 at full length, Gumpest/SparseVLMs#12).
-    FastV keeps the original position ids of the survivors.
+    depths like SparseVLM's layers). The keep count is matched to `budget` equivalent tokens under `convention`
+    ("output": the paper's, as SparseVLM's budgets; "input": counting layer K-1 at full length,
+    Gumpest/SparseVLMs#12). `recycle` adds SparseVLM's recycling of the best deleted tokens (the keep count then
+    leaves room for the merged tokens).
     """
 
     budget: int = 192
     layer: int | None = None
     convention: str = "output"
     positions: str = "original"
-    name: ClassVar[str] = "fastv"
+    recycle: bool = False
+    recycle_fraction: float = 0.3
+    cluster_ratio: float = 0.1
+    tie_break: str = "index"
+    score_rows: ClassVar[str | None] = None
 
     def __post_init__(self) -> None:
-        check_budget(self.budget)
-        check_field_types(self)
-        _check_layer(self.layer)
-        check_choice("convention", self.convention, ("output", "input"))
-        check_choice("positions", self.positions, ("original", "contiguous"))
+        check_fields(self)
+        if self.layer is not None and self.layer < 1:
+            raise ValueError(f"layer: expected null (depth-mapped K) or an int >= 1 (FastV's K), got {self.layer!r}")
+        check_choice("convention", self.convention, CONVENTIONS)
+        check_choice("positions", self.positions, POSITIONS)
+        recycling_of(self)
 
     def check_model(self, n_layers: int, n_heads: int) -> None:
-        _check_depth(self.layer, n_layers)
+        if self.layer is not None and self.layer >= n_layers:
+            raise ValueError(f"layer: K={self.layer} must be < the model's {n_layers} decoder layers")
 
     def pruning_layers(self, n_layers: int) -> tuple[int, ...]:
-        return _single_stage_layers(self.layer, n_layers)
+        """The pruned layer's index, K - 1; K defaults to FastV's 2 at 32 layers, depth-mapped elsewhere."""
+        if self.layer is None:
+            return map_layers((FASTV_K - 1,), n_layers, PAPER_DEPTH)
+        return (self.layer - 1,)
 
     def plan(self, n_layers: int, n_visual: int) -> Plan:
-        return _single_stage_plan(self, n_layers, n_visual, "last")
+        if self.budget >= n_visual:
+            return unpruned_plan(self, self.budget, n_visual)
+        recycling = recycling_of(self)
+        prune_layer = self.pruning_layers(n_layers)[0]
+        keep = single_stage_keep(self.budget, prune_layer, n_visual, n_layers, self.convention, recycling)
+        return Plan((prune_layer,), (keep,), self.score_rows, positions=self.positions, recycling=recycling)
+
+
+@register("fastv")
+@dataclass(frozen=True)
+class FastV(OneStage):
+    """FastV (Chen et al., ECCV 2024): from layer K on keep the visual tokens the last token attends to most.
+
+    Scores are layer K-1's attention of the last prompt token, averaged over heads; the survivors keep their original
+    position ids. Official code: pkunlp-icler/FastV (its main implementation re-prunes at every decoding step without
+    a KV cache; this prunes once and caches, as the llava-hf / lmms-eval ports do).
+    """
+
+    score_rows: ClassVar[str | None] = "last"
 
     def decide(self, inp: StageInput, plan: Plan) -> StageDecision:
         scores = inp.attention.mean(dim=0)[-1]  # [Nv]: head-averaged attention of the last token
-        return StageDecision(kept=topk_sorted(scores, min(plan.keeps[inp.stage], scores.numel())))
+        return StageDecision(kept=topk_sorted(scores, min(plan.keeps[inp.stage], scores.numel())), scores=scores)
 
 
+@register("random")
 @dataclass(frozen=True)
-class RandomPrune(PruningMethod):
+class RandomPrune(OneStage):
     """Uniformly random visual tokens at FastV's schedule (same layer, same matched keep count).
 
     The draw is seeded per sample from `seed` and the sample's token ids, so a sample gets the same tokens alone or
-    in a batch, and every beam of a beam search shares them.
+    in a batch, and every beam of a beam search shares them. With recycling, the deleted tokens are ranked by a second
+    random draw.
     """
 
-    budget: int = 192
     seed: int = 0
-    layer: int | None = None
-    convention: str = "output"
-    positions: str = "original"
-    name: ClassVar[str] = "random"
-
-    def __post_init__(self) -> None:
-        check_budget(self.budget)
-        check_field_types(self)
-        _check_layer(self.layer)
-        check_choice("convention", self.convention, ("output", "input"))
-        check_choice("positions", self.positions, ("original", "contiguous"))
-
-    def check_model(self, n_layers: int, n_heads: int) -> None:
-        _check_depth(self.layer, n_layers)
-
-    def pruning_layers(self, n_layers: int) -> tuple[int, ...]:
-        return _single_stage_layers(self.layer, n_layers)
 
     def plan(self, n_layers: int, n_visual: int) -> Plan:
-        return _single_stage_plan(self, n_layers, n_visual, None)
+        return dataclasses.replace(super().plan(n_layers, n_visual), seed=self.seed)
 
     def decide(self, inp: StageInput, plan: Plan) -> StageDecision:
         import torch
 
         n_visual = inp.hidden.shape[0]
         perm = torch.randperm(n_visual, generator=inp.generator)
-        return StageDecision(kept=torch.sort(perm[: min(plan.keeps[inp.stage], n_visual)]).values.to(inp.hidden.device))
+        kept = torch.sort(perm[: min(plan.keeps[inp.stage], n_visual)]).values.to(inp.hidden.device)
+        scores = None
+        if plan.recycling is not None:
+            scores = torch.rand(n_visual, generator=inp.generator).to(inp.hidden.device)
+        return StageDecision(kept=kept, scores=scores)

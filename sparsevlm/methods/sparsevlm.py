@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
-from typing import ClassVar
 
 from sparsevlm.methods.base import (
     Plan,
     PruningMethod,
     StageDecision,
     StageInput,
-    check_budget,
     check_choice,
-    check_field_types,
+    check_fields,
+    recycling_of,
     topk_sorted,
+    unpruned_plan,
 )
+from sparsevlm.registry import register
 from sparsevlm.schedule import (
     V10_LAYERS,
     V15_LAYERS,
@@ -28,16 +28,15 @@ from sparsevlm.schedule import (
     rank_scale_bias,
 )
 
-# What each released version does (sparsevlm-algorithm.md §2); every entry is also a field that can be overridden.
+# What each released version does (docs/method.md); every entry is also a field that can be overridden.
 VERSION_DEFAULTS = {
     "1.0": dict(keep_rule="rank", head_fraction=1.0, gravity=False, recycle=True, positions="contiguous"),
     "1.5": dict(keep_rule="table", head_fraction=1.0, gravity=False, recycle=True, positions="contiguous"),
     "2.0": dict(keep_rule="table", head_fraction=V20_HEAD_FRACTION, gravity=True, recycle=False, positions="original"),
 }
-TIE_BREAKS = ("index", "noise", "reference")
-REFERENCE_SEED = 1234  # the authors' evaluation seeds torch with 1234 before each generate()
 
 
+@register("sparsevlm")
 @dataclass(frozen=True)
 class SparseVLM(PruningMethod):
     """SparseVLM with every difference between the authors' releases exposed as a field.
@@ -74,7 +73,6 @@ class SparseVLM(PruningMethod):
     positions: str | None = None  # "contiguous" | "original"
     tie_break: str = "index"  # DPC-kNN density ties: "index" (deterministic) | "noise" (seeded) | "reference"
     seed: int = 0
-    name: ClassVar[str] = "sparsevlm"
 
     def __post_init__(self) -> None:
         if isinstance(self.version, int | float) and not isinstance(self.version, bool):
@@ -82,8 +80,7 @@ class SparseVLM(PruningMethod):
             if written in VERSION_DEFAULTS:
                 object.__setattr__(self, "version", written)
         check_choice("version", self.version, tuple(VERSION_DEFAULTS))
-        check_budget(self.budget)
-        check_field_types(self)
+        check_fields(self)
         for key, value in VERSION_DEFAULTS[self.version].items():
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)
@@ -92,13 +89,11 @@ class SparseVLM(PruningMethod):
         check_choice("raters", self.raters, ("relevant", "all"))
         check_choice("rater_dtype", self.rater_dtype, ("model", "float32"))
         check_choice("positions", self.positions, ("contiguous", "original"))
-        check_choice("tie_break", self.tie_break, TIE_BREAKS)
+        recycling_of(self)
         if self.heads is not None and (not isinstance(self.heads, int) or self.heads < 1):
             raise ValueError(f"heads: expected None (see head_fraction) or a positive int, got {self.heads!r}")
         if not 0 < self.head_fraction <= 1:
             raise ValueError(f"head_fraction: expected a value in (0, 1], got {self.head_fraction!r}")
-        if not 0 < self.recycle_fraction <= 1 or not 0 < self.cluster_ratio <= 1:
-            raise ValueError("recycle_fraction and cluster_ratio: expected values in (0, 1]")
         if (self.scale is None) != (self.bias is None):
             raise ValueError("scale, bias: give both (the rank rule keep = rank * scale + bias) or neither")
         if self.keeps is not None:
@@ -133,13 +128,11 @@ class SparseVLM(PruningMethod):
 
     def plan(self, n_layers: int, n_visual: int) -> Plan:
         layers = self.pruning_layers(n_layers)
-        noise_seed = REFERENCE_SEED if self.tie_break == "reference" else None
-        common = dict(score_rows="raters", gravity=self.gravity, positions=self.positions, noise_seed=noise_seed)
+        recycling = recycling_of(self)
+        policy = {key: getattr(self, key) for key in ("gravity", "positions", "seed", "raters", "rater_dtype")}
+        common = dict(score_rows="raters", recycling=recycling, **policy)
         if self.budget >= n_visual:
-            warnings.warn(
-                f"sparsevlm: budget={self.budget} >= {n_visual} visual tokens; nothing is pruned", stacklevel=3
-            )
-            return Plan(positions=self.positions)
+            return unpruned_plan(self, self.budget, n_visual, positions=self.positions)
         if self.keep_rule == "rank":
             scale_bias = (self.scale, self.bias) if self.scale is not None else rank_scale_bias(self.budget, n_visual)
             return Plan(layers, (), rank_scale_bias=scale_bias, **common)
@@ -153,8 +146,6 @@ class SparseVLM(PruningMethod):
 
     def decide(self, inp: StageInput, plan: Plan) -> StageDecision:
         import torch
-
-        from sparsevlm.recycle import dpc_knn_clusters, merge_clusters
 
         attention = inp.attention  # [H, R, Nv]
         n_heads = self.heads_used(attention.shape[0])
@@ -175,17 +166,4 @@ class SparseVLM(PruningMethod):
             keep = max(keep, 0)
         else:
             keep = min(plan.keeps[inp.stage], n_visual - 1)
-        kept = topk_sorted(scores, keep)
-        if not self.recycle or keep >= n_visual:
-            return StageDecision(kept=kept, rank=rank)
-        is_deleted = torch.ones(n_visual, dtype=torch.bool, device=scores.device)
-        is_deleted[kept] = False
-        deleted = is_deleted.nonzero().squeeze(1)
-        n_candidates = int(self.recycle_fraction * deleted.numel()) + 1
-        candidates = deleted[scores[deleted].topk(n_candidates).indices]  # best deleted first
-        n_clusters = int(n_candidates * self.cluster_ratio) + 1
-        tie_break = "noise" if self.tie_break == "reference" else self.tie_break  # same draw, reference-seeded stream
-        _, assign = dpc_knn_clusters(inp.hidden[candidates], n_clusters, tie_break, inp.generator)
-        merged = merge_clusters(inp.hidden[candidates], assign, n_clusters)
-        groups = [candidates[assign == c].tolist() for c in range(n_clusters)]
-        return StageDecision(kept=kept, merged=merged, merged_groups=groups, rank=rank)
+        return StageDecision(kept=topk_sorted(scores, keep), rank=rank, scores=scores)

@@ -1,0 +1,86 @@
+"""Budgets across conventions: the decoder FLOPs a plan implies, and a budget matched to another method's FLOPs.
+
+"64 tokens" means different things in different papers (equivalent tokens averaged over layers, tokens given to the
+LLM, ...). Matching prefill FLOPs compares methods by what they cost: `flops_matched_budget` finds the budget at which a
+method's planned decoder FLOPs come closest to (without exceeding) a reference method's at its own budget, for a
+prompt of a given text length. Plans are static schedules, so this is exact for every method whose keep counts do not
+depend on the data (SparseVLM v1.0's rank rule does: its FLOPs are known only after it ran).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from sparsevlm.flops import paper_flops_from_counts
+from sparsevlm.methods.base import BEFORE_LLM, Plan, PruningMethod
+from sparsevlm.schedule import per_layer_visual, recycled_count
+
+
+def planned_visual_in(plan: Plan, n_visual: int, n_layers: int) -> list[int]:
+    """Visual tokens entering each decoder layer under a plan (recycled tokens included)."""
+    if not plan.prune_layers:
+        return [n_visual] * n_layers
+    if not plan.keeps:
+        raise ValueError("budgets: this plan's keep counts depend on the data (a rank rule), so its FLOPs are unknown")
+    counts, current = [], n_visual
+    for keep in plan.keeps:
+        kept = min(keep, current)
+        recycled = plan.recycling
+        current = kept + (recycled_count(current - kept, recycled.fraction, recycled.cluster_ratio) if recycled else 0)
+        counts.append(current)
+    if plan.prune_layers == (BEFORE_LLM,):
+        return [counts[0]] * n_layers
+    leaving = per_layer_visual(plan.prune_layers, counts, n_visual, n_layers)
+    return [n_visual, *leaving[:-1]]
+
+
+def planned_flops(method: PruningMethod, n_layers: int, n_visual: int, n_other: int, hidden: int, mlp: int) -> int:
+    """Decoder prefill MACs (the paper's formula) of a method's plan for a prompt of n_other non-visual tokens."""
+    visual_in = planned_visual_in(method.plan(n_layers, n_visual), n_visual, n_layers)
+    return paper_flops_from_counts([n_other + v for v in visual_in], hidden, mlp)
+
+
+def flops_matched_budget(
+    method: PruningMethod,
+    reference: PruningMethod,
+    n_layers: int,
+    n_visual: int,
+    n_other: int,
+    hidden: int,
+    mlp: int,
+) -> int:
+    """The largest budget whose planned FLOPs do not exceed the reference's (at least the smallest reachable one)."""
+    target = planned_flops(reference, n_layers, n_visual, n_other, hidden, mlp)
+    widest = dataclasses.replace(method, budget=n_visual - 1).plan(n_layers, n_visual)
+    planned_visual_in(widest, n_visual, n_layers)  # raises for a data-dependent plan (not a floor to search past)
+    best = None
+    low, high = 1, n_visual - 1
+    while low <= high:  # planned FLOPs grow with the budget
+        middle = (low + high) // 2
+        try:
+            cost = planned_flops(dataclasses.replace(method, budget=middle), n_layers, n_visual, n_other, hidden, mlp)
+        except ValueError:  # below the method's floor
+            low = middle + 1
+            continue
+        if cost <= target:
+            best, low = middle, middle + 1
+        else:
+            high = middle - 1
+    if best is None:
+        raise ValueError(
+            f"budget: no budget of {method.name} is as cheap as {reference.name} at {reference.budget} "
+            f"({target / 1e12:.3f} paper TFLOPs with {n_other} text tokens); its cheapest reachable budget, "
+            f"{_cheapest(method, n_visual, n_layers)}, costs more"
+        )
+    return best
+
+
+def _cheapest(method: PruningMethod, n_visual: int, n_layers: int) -> int:
+    """The smallest budget a method can plan (its floor)."""
+    for budget in range(1, n_visual):
+        try:
+            dataclasses.replace(method, budget=budget).plan(n_layers, n_visual)
+        except ValueError:
+            continue
+        return budget
+    return n_visual
