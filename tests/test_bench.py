@@ -83,6 +83,8 @@ def test_bench_smoke_on_tiny(tmp_path, capsys):
     for label in ("dense", "sparsevlm-1.5@128"):  # the speed-up of batch 2 over batch 1 of the same method
         single, double = throughput[(label, 1)], throughput[(label, 2)]
         assert double["speedup_vs_batch1"] == pytest.approx(double["samples_per_s"] / single["samples_per_s"])
+        for batch, row in ((1, single), (2, double)):  # a batch of b finishes b samples in its e2e time
+            assert row["samples_per_s"] == pytest.approx(batch / (row["e2e_ms"] / 1e3))
     printed = capsys.readouterr().out
     assert "| config | eq.tok | TFLOPs paper |" in printed and "sparsevlm-1.5@128: prefill ratio" in printed
 
