@@ -4,6 +4,7 @@ configs, model and data, so their results go to the scratch directory's results/
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -83,3 +84,33 @@ def test_every_registered_method_is_documented() -> None:
         assert f"| `{name}` |" in readme or f"| `{cls.__name__}(" in readme, f"README's method tables lack {name}"
         assert name == "dense" or f"| `{name}` |" in zoo, f"docs/methods.md's table lacks {name}"
         assert (ROOT / "conf" / "method" / f"{name}.yaml").is_file(), f"no conf/method/{name}.yaml"
+
+
+CITED_PATH = re.compile(
+    r"`((?:docs|results|scripts|eval|sparsevlm|conf|tests|data|models)/[\w./+-]+\.(?:md|py|yaml|json|csv|png|tex))`"
+)
+WRITTEN_BY_USERS = ("results/runs/", "conf/local/")  # run outputs and site settings: gitignored, cited as examples
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def test_docs_and_code_cite_only_files_in_the_repository() -> None:
+    """Nothing points outside the checkout (users never see the team's notes), and every file a document cites or
+    links exists (run outputs and site settings, which users write, excepted)."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    problems = []
+    for name in tracked:
+        path = ROOT / name
+        if path.suffix not in (".md", ".py", ".yaml", ".toml") and path.name != "Makefile" or not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        if name != "tests/test_readme.py" and ("shared/notes" in text or "../shared" in text):
+            problems.append(f"{name}: cites the team's notes outside the repository")
+        cited = CITED_PATH.findall(text) if path.suffix in (".md", ".py") else []
+        links = LINK.findall(text) if path.suffix == ".md" else []
+        linked = [os.path.relpath(os.path.normpath(path.parent / t), ROOT) for t in links if "://" not in t]
+        for target in cited + linked:
+            if not target.startswith(WRITTEN_BY_USERS) and not (ROOT / target).exists():
+                problems.append(f"{name}: cites {target}, which is not in the repository")
+    assert not problems, "\n".join(problems)
