@@ -49,7 +49,8 @@ def flops_matched_budget(
     hidden: int,
     mlp: int,
 ) -> int:
-    """The largest budget whose planned FLOPs do not exceed the reference's (at least the smallest reachable one)."""
+    """The largest budget whose planned FLOPs do not exceed the reference's, lowered to the smallest budget with the
+    same plan cost (pooling's 55 and 49 both pool to 7 x 7: the matched budget is 49, what the LLM gets)."""
     target = planned_flops(reference, n_layers, n_visual, n_other, hidden, mlp)
     widest = dataclasses.replace(method, budget=n_visual - 1).plan(n_layers, n_visual)
     planned_visual_in(widest, n_visual, n_layers)  # raises for a data-dependent plan (not a floor to search past)
@@ -72,7 +73,22 @@ def flops_matched_budget(
             f"({target / 1e12:.3f} paper TFLOPs with {n_other} text tokens); its cheapest reachable budget, "
             f"{_cheapest(method, n_visual, n_layers)}, costs more"
         )
+    cost = planned_flops(dataclasses.replace(method, budget=best), n_layers, n_visual, n_other, hidden, mlp)
+    while (
+        best > 1
+        and _cost_or_none(dataclasses.replace(method, budget=best - 1), n_layers, n_visual, n_other, hidden, mlp)
+        == cost
+    ):
+        best -= 1
     return best
+
+
+def _cost_or_none(method: PruningMethod, *shape: int) -> float | None:
+    """planned_flops, or None below the method's floor."""
+    try:
+        return planned_flops(method, *shape)
+    except ValueError:
+        return None
 
 
 def _cheapest(method: PruningMethod, n_visual: int, n_layers: int) -> int:

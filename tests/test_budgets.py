@@ -1,4 +1,5 @@
-"""FLOPs-matched budgets: planned token counts are what the engine runs; the matched budget is the largest fit."""
+"""FLOPs-matched budgets: planned token counts are what the engine runs; the matched budget is the largest fit
+(the smallest budget of its plan)."""
 
 from __future__ import annotations
 
@@ -59,8 +60,26 @@ def test_the_matched_budget_is_the_largest_that_does_not_exceed_the_reference(na
     budget = flops_matched_budget(sparsevlm.make_method(name, 64, **options), reference, **LLAVA_7B)
     target = planned_flops(reference, **LLAVA_7B)
     method = sparsevlm.make_method(name, budget, **options)
-    assert planned_flops(method, **LLAVA_7B) <= target
-    assert planned_flops(dataclasses.replace(method, budget=budget + 1), **LLAVA_7B) > target
+    cost = planned_flops(method, **LLAVA_7B)
+    assert cost <= target
+    costs = {b: _cost(dataclasses.replace(method, budget=b)) for b in range(max(1, budget - 1), budget + 64)}
+    dearer = min(b for b, c in costs.items() if b > budget and c != cost)  # the next budget with another plan
+    assert costs[dearer] > target
+    assert budget == 1 or costs[budget - 1] is None or costs[budget - 1] < cost  # the smallest budget of its plan
+
+
+def _cost(method) -> float | None:
+    try:
+        return planned_flops(method, **LLAVA_7B)
+    except ValueError:
+        return None
+
+
+def test_pooling_is_matched_to_the_grid_it_pools_to():
+    # 55 of 144 would pool to 7 x 7 = 49 like 49 itself: the matched budget names what the LLM gets
+    reference = sparsevlm.make_method("sparsevlm", 32)
+    tiny = {"n_layers": 8, "n_visual": 144, "n_other": 118, "hidden": 128, "mlp": 384}
+    assert flops_matched_budget(sparsevlm.make_method("pooling", 32), reference, **tiny) == 49
 
 
 def test_matched_budgets_on_llava_7b():
