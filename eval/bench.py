@@ -141,10 +141,7 @@ def _median(runs: list[dict], key: str) -> float | None:
 
 def _spread(runs: list[dict], key: str, scale: float = 1.0) -> dict[str, float | None]:
     """Median, min and max of one quantity over the repeats (x scale)."""
-    values = [scale * _value(r, key) for r in runs if _value(r, key) is not None]
-    if not values:
-        return {"median": None, "min": None, "max": None}
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    return _summary([scale * _value(r, key) for r in runs if _value(r, key) is not None])
 
 
 def paired_ratios(runs: list[dict], dense: list[dict], key: str) -> dict[str, float | None]:
@@ -155,6 +152,11 @@ def paired_ratios(runs: list[dict], dense: list[dict], key: str) -> dict[str, fl
         for r in runs
         if _value(r, key) is not None and by_repeat.get(r["repeat"])
     ]
+    return _summary(values)
+
+
+def _summary(values: list[float]) -> dict[str, float | None]:
+    """Median, min and max of some values (all None when there are none)."""
     if not values:
         return {"median": None, "min": None, "max": None}
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}

@@ -30,6 +30,7 @@ TOKEN_TOLERANCE = 0.02  # a row whose measured equivalent tokens differ from its
 Z95 = 1.96  # the plot's error bars: a normal 95 % interval, value +- Z95 standard errors
 GFLOPS_BELOW_TFLOPS = 0.1  # below 0.1 TFLOPs per sample (small models) FLOPs are shown in GFLOPs
 UNKNOWN = "unknown"
+TIMED = ("prefill", "e2e", "decode")  # the quantities a repeated benchmark times (decode: per new token)
 
 
 @dataclass
@@ -283,11 +284,9 @@ def load_timing(path: Path) -> Timing:
     for row in data["rows"]:
         label = _label(_row_label(row["method"], row.get("version")), row["budget"])
         values = {"batch": row["batch"], "repeats": row["repeats"]}
-        for name in ("prefill", "e2e", "decode"):
-            spread = row.get(f"{name}_time_ms") or {}
+        for name in TIMED:
+            spread, ratio = row.get(f"{name}_time_ms") or {}, row.get(f"{name}_ratio_paired") or {}
             values.update({f"{name} {k}": spread.get(k) for k in ("median", "min", "max")})
-        for name in ("prefill", "e2e", "decode"):
-            ratio = row.get(f"{name}_ratio_paired") or {}
             values.update({f"{name} / dense {k}": ratio.get(k) for k in ("median", "min", "max")})
         rows[label] = values
     frame = pd.DataFrame.from_dict(rows, orient="index")
@@ -388,13 +387,17 @@ def efficiency_table(collection: Collection, timing: Timing | None = None) -> pd
             table[f"{name.split(' ')[0]} / dense"] = table[name] / table.loc["dense", name] if dense else float("nan")
     else:
         frame = timing.frame.reindex(labels)
-        for name, title in (("prefill", "prefill"), ("e2e", "e2e"), ("decode", "decode")):
-            suffix = "/tok" if name == "decode" else ""
-            table[f"{title} {timing.unit}{suffix}"] = frame[f"{name} median"]
-        for name in ("prefill", "e2e", "decode"):
+        for name in TIMED:
+            table[_time_column(name, timing)] = frame[f"{name} median"]
+        for name in TIMED:
             table[f"{name} / dense"] = frame[f"{name} / dense median"]
     table.index.name = "method"
     return table
+
+
+def _time_column(name: str, timing: Timing) -> str:
+    """The efficiency table's column of a repeated timing: 'prefill CPU ms', 'decode CPU ms/tok', ..."""
+    return f"{name} {timing.unit}" + ("/tok" if name == "decode" else "")
 
 
 def efficiency_errors(table: pd.DataFrame, timing: Timing | None) -> pd.DataFrame:
@@ -403,10 +406,9 @@ def efficiency_errors(table: pd.DataFrame, timing: Timing | None) -> pd.DataFram
     if timing is None:
         return out
     frame = timing.frame.reindex(table.index)
-    for name in ("prefill", "e2e", "decode"):
-        column = f"{name} {timing.unit}" + ("/tok" if name == "decode" else "")
+    for name in TIMED:
         for bound in ("min", "max"):
-            out[f"{column} {bound}"] = frame[f"{name} {bound}"]
+            out[f"{_time_column(name, timing)} {bound}"] = frame[f"{name} {bound}"]
             out[f"{name} / dense {bound}"] = frame[f"{name} / dense {bound}"]
     return out
 

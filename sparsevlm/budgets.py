@@ -51,20 +51,26 @@ def flops_matched_budget(
 ) -> int:
     """The largest budget whose planned FLOPs do not exceed the reference's, lowered to the smallest budget with the
     same plan cost (pooling's 55 and 49 both pool to 7 x 7: the matched budget is 49, what the LLM gets)."""
-    target = planned_flops(reference, n_layers, n_visual, n_other, hidden, mlp)
+    shape = (n_layers, n_visual, n_other, hidden, mlp)
+    target = planned_flops(reference, *shape)
     widest = dataclasses.replace(method, budget=n_visual - 1).plan(n_layers, n_visual)
     planned_visual_in(widest, n_visual, n_layers)  # raises for a data-dependent plan (not a floor to search past)
-    best = None
+
+    def cost(budget: int) -> int | None:  # None below the method's floor
+        try:
+            return planned_flops(dataclasses.replace(method, budget=budget), *shape)
+        except ValueError:
+            return None
+
+    best, best_cost = None, None
     low, high = 1, n_visual - 1
     while low <= high:  # planned FLOPs grow with the budget
         middle = (low + high) // 2
-        try:
-            cost = planned_flops(dataclasses.replace(method, budget=middle), n_layers, n_visual, n_other, hidden, mlp)
-        except ValueError:  # below the method's floor
+        middle_cost = cost(middle)
+        if middle_cost is None:
             low = middle + 1
-            continue
-        if cost <= target:
-            best, low = middle, middle + 1
+        elif middle_cost <= target:
+            best, best_cost, low = middle, middle_cost, middle + 1
         else:
             high = middle - 1
     if best is None:
@@ -73,22 +79,9 @@ def flops_matched_budget(
             f"({target / 1e12:.3f} paper TFLOPs with {n_other} text tokens); its cheapest reachable budget, "
             f"{_cheapest(method, n_visual, n_layers)}, costs more"
         )
-    cost = planned_flops(dataclasses.replace(method, budget=best), n_layers, n_visual, n_other, hidden, mlp)
-    while (
-        best > 1
-        and _cost_or_none(dataclasses.replace(method, budget=best - 1), n_layers, n_visual, n_other, hidden, mlp)
-        == cost
-    ):
+    while best > 1 and cost(best - 1) == best_cost:
         best -= 1
     return best
-
-
-def _cost_or_none(method: PruningMethod, *shape: int) -> float | None:
-    """planned_flops, or None below the method's floor."""
-    try:
-        return planned_flops(method, *shape)
-    except ValueError:
-        return None
 
 
 def _cheapest(method: PruningMethod, n_visual: int, n_layers: int) -> int:

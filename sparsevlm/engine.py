@@ -421,10 +421,15 @@ class _Engine:
         if isinstance(self._state, _Prefill):
             self._state.captured[kind] = output
 
+    @staticmethod
+    def _row_rotary(state: _Prefill, row: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pruning layer's rotary cos and sin for one sample (shared by the batch when they have one row)."""
+        cos, sin = state.layer_rotary
+        return (cos[row], sin[row]) if cos.shape[0] > 1 else (cos[0], sin[0])
+
     def _keys(self, state: _Prefill, row: int, start: int) -> torch.Tensor:
         """[Nv + Nt, Hkv * d] the pruning layer's keys of one sample after RoPE, from the visual block on."""
-        cos, sin = state.layer_rotary
-        cos, sin = (cos[row] if cos.shape[0] > 1 else cos[0]), (sin[row] if sin.shape[0] > 1 else sin[0])
+        cos, sin = self._row_rotary(state, row)
         key = state.captured["key"][row][start:]
         heads = key.view(key.shape[0], -1, self.arch.head_dim).transpose(0, 1)  # [Hkv, L', d]
         rotated, _ = self.arch.apply_rope(heads, heads, cos[start:], sin[start:], unsqueeze_dim=0)
@@ -439,7 +444,6 @@ class _Engine:
             rows = state.raters[row].to(hidden.device) + start + count
         else:
             rows = torch.tensor([hidden.shape[1] - 1], device=hidden.device)
-        cos, sin = state.layer_rotary
         query, key = state.captured["query"][row], state.captured["key"][row]
         if plan.score_with_next_layer:  # PyramidDrop: the next layer's view of this layer's output
             layer = self.arch.layers[index + 1]
@@ -448,8 +452,7 @@ class _Engine:
         probs = attention_rows(
             query,
             key,
-            cos[row] if cos.shape[0] > 1 else cos[0],
-            sin[row] if sin.shape[0] > 1 else sin[0],
+            *self._row_rotary(state, row),
             rows,
             state.valid[row],
             self.arch.apply_rope,

@@ -28,6 +28,8 @@ HOOKS = ("llm", "pre_llm", "vision")
 
 
 TIE_BREAKS = ("index", "noise", "reference")
+POSITIONS = ("contiguous", "original")  # survivors renumbered | keeping their own positions
+CONVENTIONS = ("output", "input")  # equivalent tokens counted after each layer | the pruning layer at full length
 
 
 @dataclass(frozen=True)

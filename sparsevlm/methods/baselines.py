@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from sparsevlm.methods.base import (
+    CONVENTIONS,
+    POSITIONS,
     Plan,
     PruningMethod,
     StageDecision,
@@ -21,8 +23,6 @@ from sparsevlm.registry import register
 from sparsevlm.schedule import PAPER_DEPTH, map_layers, single_stage_keep
 
 FASTV_K = 2  # FastV's K for LLaVA-1.5 (32 layers); other depths map it with schedule.map_layers
-CONVENTIONS = ("output", "input")
-POSITIONS = ("original", "contiguous")
 
 
 @dataclass(frozen=True)

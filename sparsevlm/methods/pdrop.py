@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sparsevlm.methods.base import (
+    CONVENTIONS,
+    POSITIONS,
     Plan,
     PruningMethod,
     StageDecision,
@@ -50,8 +52,8 @@ class PyramidDrop(PruningMethod):
 
     def __post_init__(self) -> None:
         check_fields(self)
-        check_choice("convention", self.convention, ("output", "input"))
-        check_choice("positions", self.positions, ("contiguous", "original"))
+        check_choice("convention", self.convention, CONVENTIONS)
+        check_choice("positions", self.positions, POSITIONS)
         if self.ratio is not None and not 0 < self.ratio < 1:
             raise ValueError(f"ratio: expected a value in (0, 1) (lambda, the share kept per stage), got {self.ratio}")
         if self.rank_layers is not None:

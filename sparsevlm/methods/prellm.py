@@ -7,14 +7,13 @@ from typing import ClassVar
 
 from sparsevlm.methods.base import (
     BEFORE_LLM,
+    POSITIONS,
     Plan,
     PruningMethod,
     check_choice,
     check_fields,
     unpruned_plan,
 )
-
-POSITIONS = ("contiguous", "original")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from sparsevlm.methods.base import (
+    POSITIONS,
     Plan,
     PruningMethod,
     StageDecision,
@@ -88,7 +89,7 @@ class SparseVLM(PruningMethod):
         check_choice("rank_rule", self.rank_rule, ("code", "paper"))
         check_choice("raters", self.raters, ("relevant", "all"))
         check_choice("rater_dtype", self.rater_dtype, ("model", "float32"))
-        check_choice("positions", self.positions, ("contiguous", "original"))
+        check_choice("positions", self.positions, POSITIONS)
         recycling_of(self)
         if self.heads is not None and (not isinstance(self.heads, int) or self.heads < 1):
             raise ValueError(f"heads: expected None (see head_fraction) or a positive int, got {self.heads!r}")
