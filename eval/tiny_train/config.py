@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from eval import synth
+from eval import synth, synth_video
 
 
 @dataclasses.dataclass
@@ -57,6 +57,30 @@ class TrainConfig:
     # weight of an auxiliary loss making the token that predicts the answer of a two-object question carry the row and
     # column of the first- and of the second-named object at these layers: the role-bound read-out a relation needs
     answer_aux: float = 0.0
+    answer_aux_layers: str = "5,6"
+
+
+@dataclasses.dataclass
+class VideoTrainConfig:
+    """Everything that defines a tiny Video-LLaVA fine-tuning run (eval/tiny_train/video.py)."""
+
+    seed: int = synth_video.TRAIN_SEED
+    init_from: str = "models/tiny-llava"  # the trained tiny LLaVA whose LLM, projector and tower start the model
+    resume_from: str = ""  # continue from a saved tiny Video-LLaVA instead (init_from is then unused)
+    grid: int = synth_video.GRID  # patches per frame side: grid x grid visual tokens (+ CLS) per frame
+    steps: int = 1500
+    batch: int = 8
+    lr: float = 1e-3
+    warmup: int = 30
+    max_minutes: float = 60.0
+    stop_after: int = 0  # stop after this many steps (0: all of them); the schedule still spans `steps`
+    save_every_s: float = 300.0
+    eval_every: int = 250
+    freeze_vision: bool = True  # keep the tiny LLaVA's pre-trained tower fixed, like Video-LLaVA's LanguageBind
+    threads: int = 1
+    # weight of an auxiliary loss making the token that predicts an answer carry the row and column of the cells the
+    # answer is read from (the named object; the mover's first and last cell) at these layers; heads dropped after
+    answer_aux: float = 1.0
     answer_aux_layers: str = "5,6"
 
 
