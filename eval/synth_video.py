@@ -34,6 +34,11 @@ SHARED_SHAPE_SHARE = 0.5  # chance that an appearing object repeats the shape of
 ABSENT_SHAPE_SHARE = 0.4  # share of count questions about a shape that did not appear (from the other objects)
 
 
+# What happened at a cell between the previous frame and this one (per-token labels for a training-only probe):
+# nothing, an object came into view / went out of view, the mover arrived moving in a direction, the mover left it
+EVENTS = ("none", "appeared", "vanished", "moved_left", "moved_right", "moved_up", "moved_down", "vacated")
+
+
 @dataclass(frozen=True)
 class Track:
     """One object across the frames: its colour and shape, and its cell in each frame (None: not visible)."""
@@ -149,6 +154,27 @@ def sample_video(rng: random.Random, grid: int = GRID, cell: int = CELL, frames:
         for (c, s), where in zip(types[2 + n_appear :], cells[1 + n_appear :], strict=True)
     ]
     return Video(tuple(tracks), grid, cell)
+
+
+def token_events(video: Video) -> np.ndarray:
+    """(frames, grid * grid) indices into EVENTS: what changed at each cell since the previous frame."""
+    frames = len(video.tracks[0].cells)
+    events = np.zeros((frames, video.grid * video.grid), dtype=np.int64)
+    for track in video.tracks:
+        for f in range(1, frames):
+            before, now = track.cells[f - 1], track.cells[f]
+            if before == now:
+                continue
+            if before is None:
+                events[f, synth.patch_index(*now, video.grid)] = EVENTS.index("appeared")
+            elif now is None:
+                events[f, synth.patch_index(*before, video.grid)] = EVENTS.index("vanished")
+            else:
+                step = (int(np.sign(now[0] - before[0])), int(np.sign(now[1] - before[1])))
+                moved = next(d for d, delta in DIRECTIONS.items() if delta == step)
+                events[f, synth.patch_index(*now, video.grid)] = EVENTS.index(f"moved_{moved}")
+                events[f, synth.patch_index(*before, video.grid)] = EVENTS.index("vacated")
+    return events
 
 
 def _cell_index(track: Track, frame: int, grid: int) -> int:

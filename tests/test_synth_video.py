@@ -100,3 +100,19 @@ def test_sampled_videos_have_one_event_of_each_kind() -> None:
         assert len({(t.colour, t.shape) for t in video.tracks}) == len(video.tracks)
         cells = [c for t in video.tracks for c in set(t.cells) if c is not None]
         assert len(cells) == len(set(cells))
+
+
+def test_token_events_say_what_changed_at_each_cell() -> None:
+    left = Track("red", "square", ((2, 4),) * 3 + ((2, 3), (2, 2)) + ((2, 2),) * 3)
+    gone = _still("blue", "ring", (5, 5), stop=4)
+    new = _still("green", "circle", (0, 0), start=6)
+    events = synth_video.token_events(Video((left, gone, new)))
+    found = {(f, divmod(int(c), 6), synth_video.EVENTS[events[f, c]]) for f, c in zip(*events.nonzero(), strict=True)}
+    assert found == {
+        (3, (2, 3), "moved_left"),
+        (3, (2, 4), "vacated"),
+        (4, (2, 2), "moved_left"),
+        (4, (2, 3), "vacated"),
+        (4, (5, 5), "vanished"),
+        (6, (0, 0), "appeared"),
+    }

@@ -6,13 +6,21 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerFast
 
 from eval import synth_video
 from eval.tiny_train.packing import turn_ids
-from eval.tiny_train.video import VideoPacker, packed_video_forward, tokens_per_frame, video_llava_from_llava
+from eval.tiny_train.probes import ClassProbe
+from eval.tiny_train.video import (
+    VideoPacker,
+    packed_video_forward,
+    patch_token_mask,
+    tokens_per_frame,
+    video_llava_from_llava,
+)
 
 IMAGE_MODEL = Path(__file__).resolve().parents[1] / "models" / "tiny-llava"
 
@@ -79,3 +87,28 @@ def test_packed_video_turns_equal_plain_forwards(converted: tuple) -> None:
         question, answer, cells = bundles[row][len({i for r, i, _, _ in answer_cells if r == row and i < index})]
         assert cells[slot] == cell
     assert hidden[batch["input_ids"] == model.config.video_token_id].shape[0] == 2 * n_video
+
+
+def test_event_probe_reads_the_patch_tokens_in_frame_order(converted: tuple) -> None:
+    model, processor = converted
+    packer = VideoPacker(processor, synth_video.FRAMES * tokens_per_frame(synth_video.GRID))
+    videos = [synth_video.sample_video(random.Random(seed)) for seed in (1, 2)]
+    batch = packer.batch([synth_video.render(v) for v in videos], [[("What appeared last?", "red square", ())]] * 2)
+    is_patch = batch["input_ids"] == model.config.video_token_id
+    is_patch[is_patch.clone()] = patch_token_mask(synth_video.GRID, len(videos))
+    pixels = batch["pixel_values_videos"].flatten(0, 1)  # (video, frame) in order
+    events = torch.from_numpy(np.concatenate([synth_video.token_events(v).ravel() for v in videos]))
+    # a patch token's pixels: the patch of its frame; an "appeared" token shows an object, a "vanished" one does not
+    patches = pixels.unfold(2, 8, 8).unfold(3, 8, 8).permute(0, 2, 3, 1, 4, 5).flatten(0, 2).flatten(1)
+    assert is_patch.sum() == len(events) == len(patches)
+    background = patches[events == 0].min(0).values
+    shows_object = (patches - background).abs().amax(1) > 0.5
+    appeared, vanished = synth_video.EVENTS.index("appeared"), synth_video.EVENTS.index("vanished")
+    assert shows_object[events == appeared].all() and not shows_object[events == vanished].any()
+    probe = ClassProbe(hidden=len(synth_video.EVENTS), n_classes=len(synth_video.EVENTS), n_layers=1, rare_weight=10)
+    with torch.no_grad():
+        probe.heads[0].weight.copy_(torch.eye(len(synth_video.EVENTS)))
+        probe.heads[0].bias.zero_()
+    readable = 30 * torch.nn.functional.one_hot(events, len(synth_video.EVENTS)).float()
+    assert probe.loss([readable], events).item() < 1e-6 and probe.rare_accuracy(readable, events) == 1.0
+    assert probe.loss([readable], (events + 1) % len(synth_video.EVENTS)).item() > 10

@@ -82,6 +82,12 @@ class VideoTrainConfig:
     # answer is read from (the named object; the mover's first and last cell) at these layers; heads dropped after
     answer_aux: float = 1.0
     answer_aux_layers: str = "5,6"
+    # weight of an auxiliary loss making each video token say what changed at its cell since the previous frame
+    # (synth_video.EVENTS: appeared, vanished, the mover arrived from a direction, ...) at these layers; the comparison
+    # of a token with the same cell one frame earlier is what every question family needs
+    event_aux: float = 1.0
+    event_aux_layers: str = "2,4"
+    event_weight: float = 10.0  # weight of the event tokens (a few of 288) over unchanged ones in that loss
 
 
 def config_parser(config_type: type, description: str | None = None) -> argparse.ArgumentParser:

@@ -28,7 +28,7 @@ from eval import synth, synth_video
 from eval.tiny_train.config import VideoTrainConfig
 from eval.tiny_train.model import WORD, extend_word_tokenizer
 from eval.tiny_train.packing import IGNORE_INDEX, pack_turns, pad_packed
-from eval.tiny_train.probes import PositionProbe, probe_layers
+from eval.tiny_train.probes import ClassProbe, PositionProbe, probe_layers
 from eval.tiny_train.train import (
     ADAM_BETAS,
     LOG_EVERY,
@@ -200,6 +200,12 @@ def packed_video_forward(
     return out.logits, [out.hidden_states[k] for k in hidden_layers]
 
 
+def patch_token_mask(grid: int, n_videos: int) -> torch.Tensor:
+    """Over the video tokens of n_videos videos in order: True for patch tokens, False for each frame's CLS."""
+    frame = torch.tensor([False] * CLS_TOKENS + [True] * (grid * grid))
+    return frame.repeat(synth_video.FRAMES * n_videos)
+
+
 @torch.no_grad()
 def greedy_video_answer(
     model: VideoLlavaForConditionalGeneration, processor: VideoLlavaProcessor, question: str, frames: np.ndarray
@@ -263,9 +269,15 @@ def train_video(cfg: VideoTrainConfig, out: Path, eval_dir: Path) -> dict:
     quick = per_family(held_out, QUICK_EVAL_PER_FAMILY)
     model.model.image_tower.requires_grad_(False)
     model.model.video_tower.requires_grad_(not cfg.freeze_vision)
-    layers = probe_layers(cfg.answer_aux_layers, cfg.answer_aux)
-    probes = [PositionProbe(model.config.text_config.hidden_size, grid, len(layers)) for _ in range(2)]
-    trainable = [p for p in model.parameters() if p.requires_grad] + [p for h in probes for p in h.parameters()]
+    hidden_size = model.config.text_config.hidden_size
+    answer_layers = probe_layers(cfg.answer_aux_layers, cfg.answer_aux)
+    event_layers = probe_layers(cfg.event_aux_layers, cfg.event_aux)
+    hidden_layers = tuple(sorted(set(answer_layers) | set(event_layers)))
+    # one head set for the first cell an answer is read from, one for the second (the mover's last cell)
+    probes = [PositionProbe(hidden_size, grid, len(answer_layers)) for _ in range(2)]
+    event_probe = ClassProbe(hidden_size, len(synth_video.EVENTS), len(event_layers), cfg.event_weight)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable += [p for head in (*probes, event_probe) for p in head.parameters()]
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=WEIGHT_DECAY, betas=ADAM_BETAS)
     rng = random.Random(cfg.seed)
     log: dict = {"config": dataclasses.asdict(cfg), "history": [], "evals": []}
@@ -281,22 +293,32 @@ def train_video(cfg: VideoTrainConfig, out: Path, eval_dir: Path) -> dict:
             [(format_prompt(qa, rng), qa.answer, qa.cells) for qa in synth_video.questions(v, rng)] for v in videos
         ]
         batch = packer.batch([synth_video.render(v) for v in videos], bundles)
+        is_patch = batch["input_ids"] == model.config.video_token_id
+        is_patch[is_patch.clone()] = patch_token_mask(grid, len(videos))
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)
-        logits, hidden = packed_video_forward(model, batch, layers)
+        logits, hidden = packed_video_forward(model, batch, hidden_layers)
+        hidden_at = dict(zip(hidden_layers, hidden, strict=True))
         loss = torch.nn.functional.cross_entropy(
             logits.flatten(0, 1), batch["targets"].flatten(), ignore_index=IGNORE_INDEX
         )
         running["loss"] += loss.item()
-        if layers:
+        if answer_layers:
             rows, index, slot, cells = batch["answer_cells"].unbind(-1)
             aux = sum(
-                probe.loss([h[rows[slot == k], index[slot == k]] for h in hidden], cells[slot == k])
+                probe.loss([hidden_at[n][rows[slot == k], index[slot == k]] for n in answer_layers], cells[slot == k])
                 for k, probe in enumerate(probes)
                 if (slot == k).any()
             )
             running["answer_aux"] += aux.item()
             loss = loss + cfg.answer_aux * aux
+        if event_layers:
+            events = torch.from_numpy(np.concatenate([synth_video.token_events(v).ravel() for v in videos]))
+            at_patches = [hidden_at[n][is_patch] for n in event_layers]
+            aux = event_probe.loss(at_patches, events)
+            running["event_aux"] += aux.item()
+            running["event_acc"] += event_probe.rare_accuracy(at_patches[-1], events)
+            loss = loss + cfg.event_aux * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
