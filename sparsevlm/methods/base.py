@@ -114,6 +114,7 @@ class PruningMethod:
     name: ClassVar[str] = "base"
     hook: ClassVar[str] = "llm"
     merges_in_tower: ClassVar[bool] = False  # merges tokens inside the vision tower's layers (tower_step)
+    needs_grid: ClassVar[bool] = False  # reads the visual block as one square patch grid (StageInput.grid)
 
     def pruning_layers(self, n_layers: int) -> tuple[int, ...]:
         """Decoder layers whose output is pruned, for a model of this depth."""
