@@ -238,3 +238,15 @@ def test_video_and_image_inputs_both_prune_on_video_llava(models):
             _logits(model, inputs)
         assert trace.last.n_visual == n_visual
         assert trace.last.stages[0].visual_in == n_visual
+
+
+def test_sparsevlms_video_version_prunes_the_whole_video_block_once(models):
+    model = models["video_llava"]
+    inputs = fam.sample(model, "video_llava", video=True)
+    budget = 40  # of 136: the paper's 135 of 2048 is 6.6 %, too few for 8 layers here (floor 136 / 8 = 17)
+    with sparsevlm.attach(model, SparseVLM(budget=budget, version="video")) as trace:
+        _logits(model, inputs)
+    (stage,) = trace.last.stages
+    assert stage.layer == 0 and stage.visual_in == 8 * 17  # layer 1 of 32, mapped to 8 layers
+    assert len(stage.kept) + len(stage.merged_groups) == trace.last.visual_out[0]
+    assert budget - 1 < trace.last.equivalent_tokens <= budget
