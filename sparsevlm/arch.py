@@ -124,6 +124,43 @@ def nominal_visual_tokens(config: dict[str, Any]) -> int:
     return per_image  # LLaVA drops the CLS token
 
 
+def check_hook_points(model_type: str, method: Any) -> None:
+    """Raise a one-line ValueError if the method acts where this family has no hook point."""
+    family = FAMILIES[model_type]
+    if (method.hook == "vision" or method.merges_in_tower) and not family.vision_stage:
+        raise ValueError(
+            f"method: {method.name} acts on the vision tower's per-image output, which {model_type} reshapes "
+            "before the LLM (anyres crops, video frames or patch merging); it runs on llava (LLaVA-1.5) models"
+        )
+    if method.needs_grid and not family.square_grid:
+        raise ValueError(
+            f"method: {method.name} pools the visual block as one square patch grid; {model_type} inputs are "
+            "anyres crops, frames or rectangular grids (it runs on llava models)"
+        )
+
+
+def check_positions(layout: str, plan: Any) -> None:
+    """Raise a one-line ValueError for what 1-D positions mean on a model with M-RoPE rows (layout "mrope")."""
+    if layout != "mrope" or not plan.prune_layers:
+        return
+    if plan.positions == "contiguous":
+        raise ValueError(
+            "positions: 'contiguous' renumbers survivors as a 1-D sequence, but M-RoPE positions are (t, h, w) "
+            "coordinates of each patch; use positions='original' on this model"
+        )
+    if plan.gravity:
+        raise ValueError("gravity: SparseVLM+'s RoPE distance prior is defined for 1-D positions; use gravity=False")
+
+
+def text_config_of(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's text-model settings from its config.json: `text_config`, or the top level where a family keeps
+    them flat (Qwen2.5-VL's released config.json), with the family's text model_type filled in."""
+    family = FAMILIES.get(config.get("model_type"))
+    text = config.get("text_config") or (config if family and family.positions == "mrope" else {})
+    default_type = family.text_types[0] if family else "llama"
+    return {**text, "model_type": (config.get("text_config") or {}).get("model_type", default_type)}
+
+
 def _rope_function(text_type: str) -> Callable:
     module, name = ROPE_FUNCTIONS[text_type].split(":")
     return getattr(importlib.import_module(module), name)

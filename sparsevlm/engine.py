@@ -27,7 +27,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from sparsevlm.arch import ArchSpec, resolve
+from sparsevlm.arch import ArchSpec, check_hook_points, check_positions, resolve
 from sparsevlm.methods.base import BEFORE_LLM, Plan, PruningMethod, StageDecision, StageInput
 from sparsevlm.recycle import REFERENCE_SEED, recycle_deleted
 from sparsevlm.scoring import attention_rows, gravity, select_raters
@@ -115,7 +115,7 @@ def _sample_generator(plan: Plan, ids: torch.Tensor, device: torch.device) -> to
 @functools.lru_cache(maxsize=256)
 def _cached_plan(method: PruningMethod, n_layers: int, n_visual: int) -> Plan:
     """A method's plan for one sample shape, computed once (budget matching searches are not free)."""
-    return method.plan(n_layers, n_visual)
+    return method.for_sample(n_visual).plan(n_layers, n_visual)
 
 
 def _plan(method: PruningMethod, n_layers: int, n_visual: int) -> Plan:
@@ -123,7 +123,7 @@ def _plan(method: PruningMethod, n_layers: int, n_visual: int) -> Plan:
     try:
         return _cached_plan(method, n_layers, n_visual)
     except TypeError:
-        return method.plan(n_layers, n_visual)
+        return method.for_sample(n_visual).plan(n_layers, n_visual)
 
 
 def _square_grid(count: int) -> tuple[int, int] | None:
@@ -652,34 +652,12 @@ def check(model: nn.Module, method: PruningMethod) -> ArchSpec:
         raise TypeError(f"method: expected a sparsevlm method (sparsevlm.make_method, SparseVLM, ...), got {method!r}")
     arch = resolve(model)
     method.check_model(arch.n_layers, arch.n_heads)
-    if (method.hook == "vision" or method.merges_in_tower) and arch.projector is None:
-        raise ValueError(
-            f"method: {method.name} acts on the vision tower's per-image output, which {arch.model_type} reshapes "
-            "before the LLM (anyres crops, video frames or patch merging); it runs on llava (LLaVA-1.5) models"
-        )
-    if method.needs_grid and not arch.square_grid:
-        raise ValueError(
-            f"method: {method.name} pools the visual block as one square patch grid; {arch.model_type} inputs are "
-            "anyres crops, frames or rectangular grids (it runs on llava models)"
-        )
+    check_hook_points(arch.model_type, method)
     if arch.projector is not None:
         method.check_tower(arch.vision_feature_index + 1, arch.n_image_tokens)
     if arch.n_image_tokens is not None:  # a family whose count varies per input is planned (and checked) per sample
         check_positions(arch.positions, _plan(method, arch.n_layers, arch.n_image_tokens))
     return arch
-
-
-def check_positions(layout: str, plan: Plan) -> None:
-    """Refuse what 1-D positions mean on a model with M-RoPE rows (one-line ValueError)."""
-    if layout != "mrope" or not plan.prune_layers:
-        return
-    if plan.positions == "contiguous":
-        raise ValueError(
-            "positions: 'contiguous' renumbers survivors as a 1-D sequence, but M-RoPE positions are (t, h, w) "
-            "coordinates of each patch; use positions='original' on this model"
-        )
-    if plan.gravity:
-        raise ValueError("gravity: SparseVLM+'s RoPE distance prior is defined for 1-D positions; use gravity=False")
 
 
 @contextlib.contextmanager

@@ -11,18 +11,18 @@ VISION_START, VISION_END = 92, 93  # Qwen's <|vision_start|> / <|vision_end|>
 FAMILIES = ("llava", "video_llava", "llava_next", "llava_onevision", "qwen2_5_vl")
 
 
-def _llama(hidden: int = 64, layers: int = 8, heads: int = 4, kv_heads: int = 4) -> dict:
+def _llama(kv_heads: int = 4, vocab: int = VOCAB, pad: int = PAD, bos: int = BOS, eos: int = 2) -> dict:
     return dict(
         model_type="llama",
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=8,
+        num_attention_heads=4,
         num_key_value_heads=kv_heads,
-        vocab_size=VOCAB,
-        pad_token_id=PAD,
-        bos_token_id=BOS,
-        eos_token_id=2,
+        vocab_size=vocab,
+        pad_token_id=pad,
+        bos_token_id=bos,
+        eos_token_id=eos,
         max_position_embeddings=4096,
     )
 
@@ -40,20 +40,27 @@ def _clip(image_size: int = 28, patch: int = 7) -> dict:
     )
 
 
-def build(family: str, attn: str = "sdpa", seed: int = 0) -> torch.nn.Module:
-    """A random-init model of the family with small widths (eval mode, fp32)."""
+def build(family: str, attn: str = "sdpa", seed: int = 0, ids: dict | None = None) -> torch.nn.Module:
+    """A random-init model of the family with small widths (eval mode, fp32); `ids` overrides the vocabulary size and
+    special token ids (keys vocab, pad, bos, eos, image, video, vision_start, vision_end), e.g. from a tokenizer."""
     import transformers as tf
 
+    ids = {"vocab": VOCAB, "pad": PAD, "bos": BOS, "eos": 2, "image": IMAGE, "video": VIDEO} | (ids or {})
+    ids = {"vision_start": VISION_START, "vision_end": VISION_END} | ids
+    image, video = ids["image"], ids["video"]
+    text_ids = {key: ids[key] for key in ("vocab", "pad", "bos", "eos")}
     torch.manual_seed(seed)
     if family == "llava":
-        config = tf.LlavaConfig(vision_config=_clip(), text_config=_llama(), image_token_id=IMAGE, image_seq_length=16)
+        config = tf.LlavaConfig(
+            vision_config=_clip(), text_config=_llama(**text_ids), image_token_id=image, image_seq_length=16
+        )
         model = tf.LlavaForConditionalGeneration(config)
     elif family == "video_llava":  # Video-LLaVA-7B-hf: LLaMA, CLIP towers for images and frames
         config = tf.VideoLlavaConfig(
             vision_config=_clip(),
-            text_config=_llama(),
-            image_token_id=IMAGE,
-            video_token_id=VIDEO,
+            text_config=_llama(**text_ids),
+            image_token_id=image,
+            video_token_id=video,
             image_seq_length=16,
             video_seq_length=8 * 17,
         )
@@ -61,26 +68,26 @@ def build(family: str, attn: str = "sdpa", seed: int = 0) -> torch.nn.Module:
     elif family == "llava_next":  # llava-v1.6-vicuna: anyres grid pinpoints, image_newline, LLaMA
         config = tf.LlavaNextConfig(
             vision_config=_clip(),
-            text_config=_llama(),
-            image_token_id=IMAGE,
+            text_config=_llama(**text_ids),
+            image_token_id=image,
             image_grid_pinpoints=[[28, 56], [56, 28], [56, 56]],
             image_seq_length=16,
         )
         model = tf.LlavaNextForConditionalGeneration(config)
     elif family == "llava_onevision":  # onevision-qwen2: anyres_max_9, Qwen2 with GQA and qkv biases
-        text = _llama(kv_heads=2) | dict(model_type="qwen2")
+        text = _llama(kv_heads=2, **text_ids) | dict(model_type="qwen2")
         config = tf.LlavaOnevisionConfig(
             vision_config=_clip() | dict(model_type="siglip_vision_model", hidden_act="gelu_pytorch_tanh"),
             text_config=text,
-            image_token_id=IMAGE,
-            video_token_id=VIDEO,
+            image_token_id=image,
+            video_token_id=video,
             image_grid_pinpoints=[[28, 56], [56, 28], [56, 56]],
             vision_feature_layer=-1,
             vision_feature_select_strategy="full",
         )
         model = tf.LlavaOnevisionForConditionalGeneration(config)
     elif family == "qwen2_5_vl":  # Qwen2.5-VL: M-RoPE (t, h, w), GQA, qkv biases, 2 x 2 patch merger
-        text = _llama(kv_heads=2) | dict(
+        text = _llama(kv_heads=2, **text_ids) | dict(
             model_type="qwen2_5_vl_text",
             rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 3, 3]),
         )
@@ -99,10 +106,10 @@ def build(family: str, attn: str = "sdpa", seed: int = 0) -> torch.nn.Module:
         config = tf.Qwen2_5_VLConfig(
             text_config=text,
             vision_config=vision,
-            image_token_id=IMAGE,
-            video_token_id=VIDEO,
-            vision_start_token_id=VISION_START,
-            vision_end_token_id=VISION_END,
+            image_token_id=image,
+            video_token_id=video,
+            vision_start_token_id=ids["vision_start"],
+            vision_end_token_id=ids["vision_end"],
         )
         model = tf.Qwen2_5_VLForConditionalGeneration(config)
     else:

@@ -250,3 +250,23 @@ def test_sparsevlms_video_version_prunes_the_whole_video_block_once(models):
     assert stage.layer == 0 and stage.visual_in == 8 * 17  # layer 1 of 32, mapped to 8 layers
     assert len(stage.kept) + len(stage.merged_groups) == trace.last.visual_out[0]
     assert budget - 1 < trace.last.equivalent_tokens <= budget
+
+
+@pytest.mark.parametrize("method_name", ["sparsevlm", "fastv", "divprune"])
+def test_retain_ratio_budgets_each_sample_by_its_own_visual_count(models, method_name):
+    model = models["llava_next"]
+    singles = [_sample(model, "llava_next", seed=i, size=size) for i, size in enumerate([(56, 56), (28, 56)])]
+    counts = [_n_visual(s) for s in singles]
+    assert counts[0] > counts[1]
+    method = make_method(method_name, budget=1, retain_ratio=0.4)  # the ratio replaces the budget
+    with sparsevlm.attach(model, method) as trace:
+        _generate(model, fam.batch(model, "llava_next", singles))
+    for sample, count in zip(trace.samples, counts, strict=True):
+        assert sample.n_visual == count
+        assert abs(sample.equivalent_tokens - round(0.4 * count)) < 1
+
+
+@pytest.mark.parametrize("ratio", [0, 1, 1.5, -0.1, True, "half"])
+def test_a_retain_ratio_outside_0_1_is_refused_in_one_line(ratio):
+    with pytest.raises(ValueError, match="retain_ratio: expected null .* in \\(0, 1\\)"):
+        SparseVLM(budget=64, retain_ratio=ratio)

@@ -52,7 +52,7 @@ class SparseVLM(PruningMethod):
              original position ids.
       "video" the `video` branch (f05b898, Video-LLaVA): one stage after layer 1, recycling. The branch keeps int(rank)
              tokens, with no budget knob (keep_rule="rank" does that: scale 1, bias 0); by default the stage keeps the
-             count whose equivalent tokens meet `budget` (135 of 2048 -> 73 kept before recycling).
+             count whose equivalent tokens meet `budget` (135 of 2048 -> 11 kept + 62 recycled = 73).
     Deviations from the reference are fields too: `tie_break` ("reference": the authors' exact noise stream; "noise":
     seeded noise of our own; "index": deterministic), `rank_rule` ("paper": deleted = scale * (Nv - rank), Eq. 8),
     `raters="all"`, `rater_dtype="float32"`.
@@ -80,6 +80,7 @@ class SparseVLM(PruningMethod):
     positions: str | None = None  # "contiguous" | "original"
     tie_break: str = "index"  # DPC-kNN density ties: "index" (deterministic) | "noise" (seeded) | "reference"
     seed: int = 0
+    retain_ratio: float | None = None  # per-sample budget: round(ratio * visual tokens)
 
     def __post_init__(self) -> None:
         if isinstance(self.version, int | float) and not isinstance(self.version, bool):
