@@ -38,6 +38,7 @@ from sparsevlm.methods.sparsevlm import VERSION_DEFAULTS
 from sparsevlm.timing import GenerateTiming, timed_generate
 
 VERSIONS = tuple(VERSION_DEFAULTS)  # every released SparseVLM version the library implements
+IMAGE_VERSIONS = tuple(v for v in VERSIONS if v != "video")  # the default: the video branch's schedule is for videos
 BASELINES = tuple(name for name in METHODS if name not in ("dense", "sparsevlm"))  # registration order
 # The CPU targets of the efficiency work: prefill time may exceed the FLOPs saving by at most 15 %, and a method's own
 # work (scoring, selection, recycling) may cost at most 3 % of dense prefill.
@@ -364,7 +365,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per configuration")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per configuration before timing")
     parser.add_argument("--budgets", type=int, nargs="+", default=[192, 128, 64], help="equivalent-token budgets")
-    parser.add_argument("--versions", nargs="*", default=list(VERSIONS), choices=VERSIONS, help="SparseVLM versions")
+    parser.add_argument(
+        "--versions",
+        nargs="*",
+        default=list(IMAGE_VERSIONS),
+        choices=VERSIONS,
+        help="SparseVLM versions (default: image)",
+    )
     parser.add_argument(
         "--baselines", nargs="*", default=["fastv"], choices=(*BASELINES, "all"), help="other methods; all: every one"
     )

@@ -39,6 +39,7 @@ ROOT_KEYS = {
     "logger",
     "experiment_name",
     "budget",
+    "retain_ratio",
     "limit",
     "batch_size",
     "seed",
@@ -110,6 +111,7 @@ class RunSpec:
     budget_convention: str = "native"  # "flops": the method's budget is resolved to match flops_reference's FLOPs
     flops_reference: str = "sparsevlm"
     flops_text_tokens: int = 118
+    retain_ratio: float | None = None  # a per-sample budget: round(ratio * the sample's visual tokens)
 
     def with_method(self, method: PruningMethod) -> RunSpec:
         """The same cell with another method object (a budget resolved to a convention)."""
@@ -126,6 +128,8 @@ class RunSpec:
             "budget": self.budget,
             "task": self.task.name,
         }
+        if self.retain_ratio is not None:
+            grid["retain_ratio"] = self.retain_ratio
         if self.budget_convention != "native":  # the budget the method ran with, resolved from the configured one
             grid |= {"budget_convention": self.budget_convention, "method_budget": self.method.budget}
         return grid
@@ -147,6 +151,7 @@ class RunSpec:
         label = self.method.name + (f"-v{self.grid['version']}" if self.grid["version"] else "")
         label += "-flops" if self.budget_convention == "flops" else ""
         budget = "full" if self.budget is None else f"b{self.budget}"
+        budget = f"r{self.retain_ratio:g}" if self.retain_ratio is not None else budget
         return f"{self.model.name}_{label}_{budget}_{self.task.name}_{digest}"
 
     @property
@@ -280,7 +285,7 @@ def _logger(cfg: DictConfig) -> dict[str, Any]:
     return data
 
 
-def _method(cfg: DictConfig, budget: int | None) -> PruningMethod:
+def _method(cfg: DictConfig, budget: int | None, retain_ratio: float | None = None) -> PruningMethod:
     data = _container(cfg, "method")
     if not isinstance(data, dict):
         raise ConfigError(f"method: expected a method config group, got {data!r}")
@@ -288,8 +293,13 @@ def _method(cfg: DictConfig, budget: int | None) -> PruningMethod:
     options = data.get("options") or {}
     if not isinstance(options, dict):
         raise ConfigError(f"method.options: expected a mapping of method fields, got {options!r}")
+    name = text("method.name", data.get("name"))
+    if retain_ratio is not None:
+        if "retain_ratio" not in getattr(METHODS.get(name), "__dataclass_fields__", {}):
+            raise ConfigError(f"retain_ratio: method {name} has no budget to set per sample; use retain_ratio=null")
+        options = {**options, "retain_ratio": retain_ratio}
     try:
-        return make_method(text("method.name", data.get("name")), budget, **options)
+        return make_method(name, budget, **options)
     except (ValueError, TypeError) as err:
         raise ConfigError(str(err).splitlines()[0]) from None
 
@@ -299,7 +309,18 @@ def spec_from_config(cfg: DictConfig) -> RunSpec:
     _unknown_keys("", {k: None for k in cfg if k != "hydra"}, ROOT_KEYS)
     model = _model(cfg)
     budget = integer("budget", cfg.get("budget"), minimum=1, nullable=True)
-    method = _method(cfg, budget)
+    retain_ratio = cfg.get("retain_ratio")
+    if retain_ratio is not None:
+        retain_ratio = number("retain_ratio", retain_ratio, 0.0, 1.0)
+        if not 0 < retain_ratio < 1:
+            raise ConfigError(
+                f"retain_ratio: expected null or a share of the visual tokens in (0, 1), got {retain_ratio}"
+            )
+        if budget is not None:
+            raise ConfigError(
+                "retain_ratio: set budget=null with it (a cell's budget is either equivalent tokens or a share)"
+            )
+    method = _method(cfg, budget, retain_ratio)
     task = _task(cfg)
     limit = integer("limit", cfg.get("limit"), minimum=1, nullable=True)
     if limit is not None and limit % task.limit_multiple:
@@ -329,7 +350,12 @@ def spec_from_config(cfg: DictConfig) -> RunSpec:
         budget_convention=choice("budget_convention", cfg.get("budget_convention", "native"), BUDGET_CONVENTIONS),
         flops_reference=choice("flops_reference", cfg.get("flops_reference", "sparsevlm"), tuple(METHODS)),
         flops_text_tokens=integer("flops_text_tokens", cfg.get("flops_text_tokens", 118), minimum=0),
+        retain_ratio=retain_ratio,
     )
+    if spec.retain_ratio is not None and spec.budget_convention != "native":
+        raise ConfigError(
+            "budget_convention: flops matches a budget in tokens; it cannot be combined with retain_ratio"
+        )
     if spec.budget_convention == "flops" and spec.budget is None:
         raise ConfigError("budget_convention: flops needs a budget (the reference method's nominal budget)")
     if not spec.run_dir.resolve().is_relative_to(results_dir.resolve()):

@@ -1,4 +1,4 @@
-"""lmms-eval model plugin: a Hugging Face LLaVA with a sparsevlm pruning method attached to every forward pass.
+"""lmms-eval model plugin: a Hugging Face VLM (every family of sparsevlm.arch) with a pruning method attached.
 
 CLI (lmms-eval's own, with this model registered; see eval.lmms_cli):
     python -m eval.lmms_cli --model sparsevlm \
@@ -27,6 +27,7 @@ import sparsevlm
 from eval.config import ATTENTION, DTYPES, choice, integer
 from eval.registry import METHODS, make_method
 from sparsevlm import PruningMethod, SampleTrace
+from sparsevlm.arch import FAMILIES, check_supported
 from sparsevlm.flops import full_flops, paper_flops, scored_rows
 from sparsevlm.timing import GenerateTiming, timed_generate
 
@@ -119,7 +120,8 @@ def _times(timing: GenerateTiming) -> dict[str, float | None]:
 
 
 class SparseVLMModel(lmms):
-    """LLaVA (transformers `LlavaForConditionalGeneration`) evaluated with a visual-token pruning method attached."""
+    """A supported VLM (LLaVA-1.5, Video-LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2.5-VL) evaluated with a visual-token
+    pruning method attached."""
 
     is_simple = True
 
@@ -179,13 +181,18 @@ class SparseVLMModel(lmms):
 
     @staticmethod
     def _load(pretrained: str, revision: str | None, dtype: str, attn: str, device: str) -> tuple[Any, Any]:
-        """Model and processor from a hub id or a local directory."""
-        from transformers import AutoProcessor, LlavaForConditionalGeneration
+        """Model (the family's transformers class, sparsevlm.arch.FAMILIES) and processor from a hub id or a local
+        directory."""
+        import transformers
 
-        model = LlavaForConditionalGeneration.from_pretrained(
+        config = transformers.AutoConfig.from_pretrained(pretrained, revision=revision)
+        text_type = getattr(getattr(config, "text_config", None), "model_type", None)
+        check_supported(config.model_type, text_type)
+        model_class = getattr(transformers, FAMILIES[config.model_type].model_class)
+        model = model_class.from_pretrained(
             pretrained, revision=revision, dtype=getattr(torch, dtype), attn_implementation=attn, device_map=device
         )
-        return model, AutoProcessor.from_pretrained(pretrained, revision=revision)
+        return model, transformers.AutoProcessor.from_pretrained(pretrained, revision=revision)
 
     # ------------------------------------------------------------------------------------------------ properties
     @property
@@ -234,8 +241,8 @@ class SparseVLMModel(lmms):
         """Left-padded processor inputs on the model's device, pixel values in the model's dtype."""
         inputs = self.processor(images=images or None, text=prompts, return_tensors="pt", padding=True)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        for key in [k for k in inputs if k.startswith("pixel_values")]:  # images, Video-LLaVA's images and videos
+            inputs[key] = inputs[key].to(self.model.dtype)
         return inputs
 
     # ------------------------------------------------------------------------------------------------ efficiency
@@ -361,7 +368,7 @@ class SparseVLMModel(lmms):
             "pad_token_id": self.tokenizer.pad_token_id,
             "eos_token_id": self.tokenizer.eos_token_id,
             # a generated <image> token would be read as a new image after a filled cache, which the engine refuses
-            "suppress_tokens": [self.model.config.image_token_id],
+            "suppress_tokens": self._visual_token_ids(),
         }
         if do_sample:
             config["temperature"] = temperature or 1.0
@@ -372,6 +379,11 @@ class SparseVLMModel(lmms):
         if until and self._supports_stop_strings(until):
             config.update(stop_strings=until, tokenizer=self.tokenizer)
         return config, until
+
+    def _visual_token_ids(self) -> list[int]:
+        """The model's image and video placeholder ids."""
+        family = FAMILIES[self.model.config.model_type]
+        return [getattr(self.model.config, name) for name in family.visual_token_fields]
 
     def _supports_stop_strings(self, until: list[str]) -> bool:
         """Whether HF can stop generation on these strings with this tokenizer (word-level vocabularies cannot).

@@ -25,7 +25,15 @@ from urllib.parse import urlparse
 
 from eval.config import ConfigError, RunSpec
 from eval.task_index import find_task
-from sparsevlm.arch import check_supported
+from sparsevlm.arch import (
+    FAMILIES,
+    check_hook_points,
+    check_positions,
+    check_supported,
+    fixed_visual_count,
+    nominal_visual_tokens,
+    text_config_of,
+)
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 WEIGHT_FILES = (
@@ -53,6 +61,7 @@ class ModelFacts:
     n_tower_layers: int = 0  # vision layers up to the one the LLM reads (where tower-merging methods act)
     hidden: int = 4096  # the LLM's width and MLP width (the FLOPs formula)
     intermediate: int = 11008
+    visual_varies: bool = False  # the count depends on the input (anyres, dynamic resolution): n_visual is typical
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -156,15 +165,13 @@ def _config_json(pretrained: str, revision: str | None) -> tuple[dict[str, Any],
 def model_facts(pretrained: str, revision: str | None) -> ModelFacts:
     """The model type, depth, heads and visual token count a checkpoint declares; ConfigError if unsupported."""
     config, source = _config_json(pretrained, revision)
-    text = config.get("text_config") or {}
+    text = text_config_of(config)
     vision = config.get("vision_config") or {}
     try:
-        check_supported(config.get("model_type"), text.get("model_type", "llama"))
+        check_supported(config.get("model_type"), text["model_type"])
     except ValueError as err:
         raise ConfigError(f"model.pretrained: {pretrained}: {str(err).removeprefix('model: ')}") from None
-    n_visual = config.get("image_seq_length")
-    if n_visual is None:  # LLaVA drops the CLS token ("default" feature select strategy)
-        n_visual = (vision.get("image_size", 336) // vision.get("patch_size", 14)) ** 2
+    n_visual = nominal_visual_tokens(config)
     n_vision = int(vision.get("num_hidden_layers", CLIP_L_LAYERS))
     feature = config.get("vision_feature_layer", LLAVA_FEATURE_LAYER)
     feature = feature[-1] if isinstance(feature, list) else feature
@@ -177,6 +184,7 @@ def model_facts(pretrained: str, revision: str | None) -> ModelFacts:
         source=source,
         hidden=int(text.get("hidden_size", LLAMA_DEFAULTS["hidden_size"])),
         intermediate=int(text.get("intermediate_size", LLAMA_DEFAULTS["intermediate_size"])),
+        visual_varies=not fixed_visual_count(config),
     )
 
 
@@ -239,15 +247,20 @@ def check_tasks(spec: RunSpec) -> None:
 def check_method(spec: RunSpec, facts: ModelFacts) -> None:
     """The method fits the model, and its budget prunes something (unless allow_unpruned)."""
     where = f"({spec.model.pretrained}: {facts.n_layers} layers, {facts.n_visual} visual tokens)"
+    if facts.visual_varies:
+        where = where.replace(" visual tokens)", " visual tokens in a typical input)")
     if spec.budget is not None and spec.budget >= facts.n_visual and not spec.allow_unpruned:
         raise ConfigError(
             f"budget: {spec.budget} >= the model's {facts.n_visual} visual tokens, so nothing would be pruned {where}; "
             "use a smaller budget, method=dense, or allow_unpruned=true"
         )
     try:
+        check_hook_points(facts.model_type, spec.method)
         spec.method.check_model(facts.n_layers, facts.n_heads)
-        spec.method.check_tower(facts.n_tower_layers, facts.n_visual)
-        spec.method.plan(facts.n_layers, facts.n_visual)
+        if FAMILIES[facts.model_type].vision_stage:
+            spec.method.check_tower(facts.n_tower_layers, facts.n_visual)
+        plan = spec.method.for_sample(facts.n_visual).plan(facts.n_layers, facts.n_visual)
+        check_positions(FAMILIES[facts.model_type].positions, plan)
     except ValueError as err:
         raise ConfigError(f"{err} {where}") from None
 

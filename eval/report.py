@@ -79,10 +79,14 @@ EFFICIENCY_KEYS = (
 FLOPS_SUFFIX = "-flops"  # what _row_label appends for budget_convention=flops
 
 
-def _row_label(method: str, version: str | None, convention: str | None = None) -> str:
-    """'sparsevlm-v1.5', 'fastv', 'divprune-flops' (a FLOPs-matched cell: its budget is the reference's)."""
+def _row_label(
+    method: str, version: str | None, convention: str | None = None, retain_ratio: float | None = None
+) -> str:
+    """'sparsevlm-v1.5', 'fastv', 'divprune-flops' (a FLOPs-matched cell: its budget is the reference's),
+    'fastv-r0.111' (a cell budgeted per sample as a share of its visual tokens)."""
     label = f"{method}-v{version}" if method == "sparsevlm" and version else method
-    return f"{label}-{convention}" if convention and convention != "native" else label
+    label = f"{label}-{convention}" if convention and convention != "native" else label
+    return f"{label}-r{retain_ratio:g}" if retain_ratio is not None else label
 
 
 def _number(value: Any) -> float | None:
@@ -104,7 +108,7 @@ def _row(data: dict) -> dict:
         "run_id": data["run_id"],
         "model": grid["model"],
         "method": grid["method"],
-        "row": _row_label(grid["method"], grid.get("version"), grid.get("budget_convention")),
+        "row": _row_label(grid["method"], grid.get("version"), grid.get("budget_convention"), grid.get("retain_ratio")),
         "budget": grid.get("budget"),
         "method_budget": grid.get("method_budget", grid.get("budget")),  # what ran: differs in a FLOPs-matched cell
         "task": grid["task"],

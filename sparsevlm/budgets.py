@@ -36,7 +36,7 @@ def planned_visual_in(plan: Plan, n_visual: int, n_layers: int) -> list[int]:
 
 def planned_flops(method: PruningMethod, n_layers: int, n_visual: int, n_other: int, hidden: int, mlp: int) -> int:
     """Decoder prefill MACs (the paper's formula) of a method's plan for a prompt of n_other non-visual tokens."""
-    visual_in = planned_visual_in(method.plan(n_layers, n_visual), n_visual, n_layers)
+    visual_in = planned_visual_in(method.for_sample(n_visual).plan(n_layers, n_visual), n_visual, n_layers)
     return paper_flops_from_counts([n_other + v for v in visual_in], hidden, mlp)
 
 

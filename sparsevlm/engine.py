@@ -27,7 +27,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from sparsevlm.arch import ArchSpec, resolve
+from sparsevlm.arch import ArchSpec, check_hook_points, check_positions, resolve
 from sparsevlm.methods.base import BEFORE_LLM, Plan, PruningMethod, StageDecision, StageInput
 from sparsevlm.recycle import REFERENCE_SEED, recycle_deleted
 from sparsevlm.scoring import attention_rows, gravity, select_raters
@@ -50,7 +50,7 @@ class _Prefill:
     """Sequence state of one prefill while it runs through the decoder stack."""
 
     plans: list[Plan]
-    positions: torch.Tensor  # [B, L] RoPE positions of the current tokens
+    positions: torch.Tensor  # [R, B, L] position rows of the current tokens (ArchSpec.position_rows)
     valid: torch.Tensor  # [B, L] bool, False for padding
     origin: torch.Tensor  # [B, L] index into the prefill input row; -1 for recycled tokens
     vis_start: list[int]
@@ -115,7 +115,7 @@ def _sample_generator(plan: Plan, ids: torch.Tensor, device: torch.device) -> to
 @functools.lru_cache(maxsize=256)
 def _cached_plan(method: PruningMethod, n_layers: int, n_visual: int) -> Plan:
     """A method's plan for one sample shape, computed once (budget matching searches are not free)."""
-    return method.plan(n_layers, n_visual)
+    return method.for_sample(n_visual).plan(n_layers, n_visual)
 
 
 def _plan(method: PruningMethod, n_layers: int, n_visual: int) -> Plan:
@@ -123,7 +123,7 @@ def _plan(method: PruningMethod, n_layers: int, n_visual: int) -> Plan:
     try:
         return _cached_plan(method, n_layers, n_visual)
     except TypeError:
-        return method.plan(n_layers, n_visual)
+        return method.for_sample(n_visual).plan(n_layers, n_visual)
 
 
 def _square_grid(count: int) -> tuple[int, int] | None:
@@ -161,19 +161,24 @@ class _Engine:
             handles.append(attention.q_proj.register_forward_hook(partial(self._capture, "query")))
             handles.append(attention.k_proj.register_forward_hook(partial(self._capture, "key")))
             handles.append(arch.layers[index].register_forward_hook(partial(self._after_pruning_layer, index)))
-        if self.method.merges_in_tower:
+        if self.method.merges_in_tower and arch.vision_layers is not None:
             for index in range(arch.vision_feature_index + 1):
                 layer = arch.vision_layers[index]
                 handles.append(layer.register_forward_pre_hook(partial(self._tower_before, index)))
                 handles.append(layer.self_attn.k_proj.register_forward_hook(partial(self._capture_vision, "key")))
                 handles.append(layer.register_forward_hook(partial(self._tower_after, index)))
-        if self.method.hook == "vision":
+        if self.method.hook == "vision" and arch.projector is not None:
             layer = arch.vision_layers[arch.vision_feature_index]
             handles.append(layer.self_attn.q_proj.register_forward_hook(partial(self._capture_vision, "query")))
             handles.append(layer.self_attn.k_proj.register_forward_hook(partial(self._capture_vision, "key")))
             handles.append(layer.register_forward_hook(partial(self._capture_vision, "hidden")))
             handles.append(arch.projector.register_forward_pre_hook(self._on_projector))
         return handles
+
+    def _visual_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] bool: the image and video placeholder tokens."""
+        ids = torch.tensor(self.arch.visual_token_ids, device=input_ids.device)
+        return torch.isin(input_ids, ids)
 
     # ----------------------------------------------------------------------------------------------- forward entry
     def _on_mm_model(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -276,9 +281,10 @@ class _Engine:
         past = cache.get_seq_length() if cache is not None else 0
         batch, length = embeds.shape[:2]
         if kwargs.get("position_ids") is None:  # what the text model would compute, made explicit for the hooks
-            kwargs["position_ids"] = (torch.arange(length, device=embeds.device) + past)[None]
-        has_image = input_ids is not None and bool((input_ids == self.arch.image_token_id).any())
-        if has_image:
+            rows = self.arch.position_rows(None, 1, length, past, embeds.device)
+            kwargs["position_ids"] = self.arch.text_position_ids(rows)
+        has_visual = input_ids is not None and bool(self._visual_mask(input_ids).any())
+        if has_visual:
             if past > 0:
                 raise ValueError(
                     "input_ids: image tokens after a non-empty KV cache (a later turn with a new image) cannot be "
@@ -292,7 +298,7 @@ class _Engine:
                 if shortened is not None:
                     kwargs["inputs_embeds"] = shortened
                     kwargs["attention_mask"] = state.valid.long()
-                    kwargs["position_ids"] = state.positions
+                    kwargs["position_ids"] = self.arch.text_position_ids(state.positions)
         elif cache is not None and past > 0 and cache in self._decode:
             decode = self._decode[cache]
             mask2d = kwargs.get("attention_mask")
@@ -317,19 +323,24 @@ class _Engine:
         )
         plans, vis_start, vis_len, raters, generators, samples = [], [], [], [], [], []
         n_layers = self.arch.n_layers
+        visual_mask = self._visual_mask(input_ids)
         for row in range(batch):
-            where = (input_ids[row] == self.arch.image_token_id).nonzero().squeeze(1)
+            where = visual_mask[row].nonzero().squeeze(1)
             if where.numel() == 0:
                 raise ValueError(
-                    f"input_ids: sample {row} of the batch has no image tokens (image_token_id="
-                    f"{self.arch.image_token_id}); every sample needs exactly one image"
+                    f"input_ids: sample {row} of the batch has no visual tokens (ids {self.arch.visual_token_ids}); "
+                    "every sample needs one image or video"
                 )
             start, count = int(where[0]), where.numel()
             if int(where[-1]) - start + 1 != count:
-                raise ValueError(f"input_ids: sample {row} has several image blocks; one contiguous image is supported")
+                raise ValueError(
+                    f"input_ids: sample {row} has several visual blocks separated by text; one contiguous image or "
+                    "video per sample is supported"
+                )
             if not bool(valid[row, start:].all()):
                 raise ValueError("attention_mask: padding after the image; pad on the left (padding_side='left')")
             plan = _plan(self.method, n_layers, count)
+            check_positions(self.arch.positions, plan)
             if plan.unpruned and not self._warned:
                 warnings.warn(plan.unpruned, stacklevel=2)
                 self._warned = True
@@ -362,7 +373,7 @@ class _Engine:
         segment = _Segment(valid, torch.zeros(batch, dtype=torch.long, device=device), pruned=False)
         return _Prefill(
             plans=plans,
-            positions=position_ids.expand(batch, length).clone(),
+            positions=self.arch.position_rows(position_ids, batch, length, 0, device),
             valid=valid,
             origin=torch.arange(length, device=device).expand(batch, length).clone(),
             vis_start=vis_start,
@@ -385,7 +396,7 @@ class _Engine:
             state.segments.append(state.segment)
             if state.changed:
                 kwargs["attention_mask"] = state.mask
-                kwargs["position_ids"] = state.positions
+                kwargs["position_ids"] = self.arch.layer_position_ids(state.positions)
                 kwargs["position_embeddings"] = state.rotary
             if index in self.prune_layers:
                 state.layer_rotary = kwargs["position_embeddings"]
@@ -398,9 +409,9 @@ class _Engine:
             if cached is None:  # once per segment and step: layers sharing a cache geometry share these
                 hidden = args[0] if args else kwargs["hidden_states"]
                 positions, rotary = kwargs["position_ids"], kwargs["position_embeddings"]
-                if segment.shifted:
+                if segment.shifted:  # 1-D positions only: contiguous renumbering is refused for M-RoPE (check)
                     positions = positions - segment.shift[:, None]
-                    rotary = self.arch.rotary(hidden, positions)
+                    rotary = self.arch.rotary_terms(hidden, positions[None])
                 single_query = hidden.shape[1] == 1
                 if (
                     segment.all_valid
@@ -459,9 +470,9 @@ class _Engine:
             self.arch.scaling,
         )[:, :, start : start + count]
         if plan.gravity:
-            prior = gravity(
-                state.positions[row, rows],
-                state.positions[row, start : start + count],
+            prior = gravity(  # 1-D positions only (check)
+                state.positions[0, row, rows],
+                state.positions[0, row, start : start + count],
                 self.arch.rotary.inv_freq,
                 self.arch.head_dim,
                 getattr(self.arch.rotary, "attention_scaling", 1.0),
@@ -469,7 +480,7 @@ class _Engine:
             if bool((prior <= 0).any()):
                 raise ValueError(
                     f"gravity: the RoPE distance prior is <= 0 at distances up to "
-                    f"{int(state.positions[row, rows].max() - state.positions[row, start])} (head_dim="
+                    f"{int(state.positions[0, row, rows].max() - state.positions[0, row, start])} (head_dim="
                     f"{self.arch.head_dim}); SparseVLM+'s correction is undefined this far, use gravity=False"
                 )
             probs = probs / prior
@@ -543,7 +554,8 @@ class _Engine:
         n_merged = [0 if d is None or d.merged is None else d.merged.shape[0] for d in decisions]
         extra = max(n_merged)
         merged = hidden.new_zeros(batch, extra, dim)
-        merged_pos = torch.zeros(batch, extra, dtype=state.positions.dtype, device=device)
+        n_rows = state.positions.shape[0]
+        merged_pos = torch.zeros(n_rows, batch, extra, dtype=state.positions.dtype, device=device)
         rows_index = []
         for row, decision in enumerate(decisions):
             start, count = state.vis_start[row], state.vis_len[row]
@@ -554,7 +566,7 @@ class _Engine:
             if n_merged[row]:
                 merged[row, : n_merged[row]] = decision.merged
                 centres = torch.tensor([g[0] for g in decision.merged_groups], device=device)  # best-scored member
-                merged_pos[row, : n_merged[row]] = state.positions[row, start + centres]
+                merged_pos[:, row, : n_merged[row]] = state.positions[:, row, start + centres]
             rows_index.append(
                 torch.cat(
                     [
@@ -577,20 +589,20 @@ class _Engine:
         ext_hidden = torch.cat([hidden, merged], dim=1)
         ext_valid = torch.cat([state.valid, torch.ones(batch, extra, dtype=torch.bool, device=device)], dim=1)
         ext_origin = torch.cat([state.origin, torch.full((batch, extra), -1, device=device)], dim=1)
-        ext_positions = torch.cat([state.positions, merged_pos], dim=1)
+        ext_positions = torch.cat([state.positions, merged_pos], dim=2)
         new_hidden = torch.gather(ext_hidden, 1, index[..., None].expand(batch, new_length, dim))
         state.valid = torch.gather(ext_valid, 1, index) & ~is_pad
         state.origin = torch.gather(ext_origin, 1, index).masked_fill(is_pad, -1)
-        gathered = torch.gather(ext_positions, 1, index)
-        if next(p for p in state.plans if p.prune_layers).positions == "contiguous":
-            first = self._first_valid_position(ext_positions, ext_valid, index, is_pad)
-            state.positions = (first[:, None] + state.valid.long().cumsum(dim=1) - 1).clamp(min=0)
+        gathered = torch.gather(ext_positions, 2, index[None].expand(n_rows, -1, -1))
+        if next(p for p in state.plans if p.prune_layers).positions == "contiguous":  # 1-D only (check)
+            first = self._first_valid_position(ext_positions[0], ext_valid, index, is_pad)
+            state.positions = (first[:, None] + state.valid.long().cumsum(dim=1) - 1).clamp(min=0)[None]
             shift = state.original_valid_count - state.valid.sum(dim=1)
         else:
-            state.positions = gathered.masked_fill(is_pad, 0)
+            state.positions = gathered.masked_fill(is_pad[None], 0)
             shift = torch.zeros(batch, dtype=torch.long, device=device)
         state.changed = True
-        state.rotary = self.arch.rotary(new_hidden, state.positions)
+        state.rotary = self.arch.rotary_terms(new_hidden, state.positions)
         needs_mask = self.arch.attn_implementation == "eager" or state.hf_mask_present or not bool(state.valid.all())
         state.mask = (
             attention_mask(state.valid, new_length, self.arch.attn_implementation, hidden.dtype) if needs_mask else None
@@ -640,8 +652,11 @@ def check(model: nn.Module, method: PruningMethod) -> ArchSpec:
         raise TypeError(f"method: expected a sparsevlm method (sparsevlm.make_method, SparseVLM, ...), got {method!r}")
     arch = resolve(model)
     method.check_model(arch.n_layers, arch.n_heads)
-    method.check_tower(arch.vision_feature_index + 1, arch.n_image_tokens)
-    _plan(method, arch.n_layers, arch.n_image_tokens)
+    check_hook_points(arch.model_type, method)
+    if arch.projector is not None:
+        method.check_tower(arch.vision_feature_index + 1, arch.n_image_tokens)
+    if arch.n_image_tokens is not None:  # a family whose count varies per input is planned (and checked) per sample
+        check_positions(arch.positions, _plan(method, arch.n_layers, arch.n_image_tokens))
     return arch
 
 

@@ -178,7 +178,7 @@ def full_flops(config: Any, sample: SampleTrace, score_rows: int) -> FlopsBreakd
 
 def scored_rows(method: PruningMethod, sample: SampleTrace) -> int:
     """Attention rows the method scores at each pruning layer: its raters, the last token (FastV), or none."""
-    rows = method.plan(sample.n_layers, sample.n_visual).score_rows
+    rows = method.for_sample(sample.n_visual).plan(sample.n_layers, sample.n_visual).score_rows
     return {"raters": len(sample.raters), "last": 1, None: 0}[rows]
 
 

@@ -51,15 +51,17 @@ def make_method(name: str, budget: int | None = None, **options: Any) -> Pruning
     takes_budget = "budget" in {f.name for f in dataclasses.fields(registry[name])}
     if not takes_budget and budget is not None:
         raise ValueError(f"budget: {name} keeps every visual token, so budget must be null (got {budget!r})")
-    if takes_budget and budget is None:
-        raise ValueError(f"budget: method {name!r} needs a token budget (e.g. 64, 128, 192)")
+    if takes_budget and budget is None and options.get("retain_ratio") is None:
+        raise ValueError(f"budget: method {name!r} needs a token budget (e.g. 64, 128, 192) or a retain_ratio")
     unknown = sorted(set(options) - set(method_options(name)))
     if unknown:
         allowed = ", ".join(method_options(name)) or "none"
         raise ValueError(f"method.options.{unknown[0]}: not an option of {name!r}; allowed: {allowed}")
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
     try:
-        return registry[name](**options) if not takes_budget else registry[name](budget=budget, **options)
+        if budget is None:  # dense, or a retain_ratio (which sets each sample's budget)
+            return registry[name](**options)
+        return registry[name](budget=budget, **options)
     except ValueError as err:  # name the option as it is written in configs: method.options.<field>
         field, _, rest = str(err).partition(":")
         if field in options:

@@ -25,6 +25,7 @@ V15_TABLE = {192: (300, 200, 110), 128: (303, 110, 36), 96: (238, 48, 26), 64: (
 V20_TABLE = {192: (300, 200, 118), 128: (238, 108, 60), 96: (246, 54, 28), 64: (66, 34, 20)}
 # Commit 91fb6d9, modelling_sparse_llama.py (pruning_loc) and scripts/v1_5/eval/{mme,pope,textvqa}.sh (--scale/--bias).
 V10_LAYERS = (2, 6, 15, 19)
+VIDEO_LAYERS = (1,)  # the `video` branch (f05b898): pruning_loc=[1]
 V10_SCALE_BIAS = {192: (13.5, 0.0), 128: (9.0, 6.0), 64: (0.8, 0.0)}
 V20_HEAD_FRACTION = 14 / 32  # SparseVLM+ averages the top-14 of LLaVA-7B's 32 heads
 

@@ -31,6 +31,24 @@ def inputs_embeds(model, inputs: dict) -> torch.Tensor:
     return box["x"]
 
 
+def visual_span(model, ids: torch.Tensor) -> tuple[int, int]:
+    """(start, count) of the one contiguous block of image or video tokens in a 1-D id row."""
+    config = model.config
+    visual = [getattr(config, name) for name in ("image_token_id", "video_token_id") if hasattr(config, name)]
+    where = torch.isin(ids, torch.tensor(visual)).nonzero().squeeze(1)
+    return int(where[0]), where.numel()
+
+
+def initial_positions(model, inputs: dict) -> torch.Tensor:
+    """[R, 1, L] position rows: 0..L-1, or Qwen's (t, h, w) M-RoPE rows from the model's own rope index."""
+    ids = inputs["input_ids"]
+    if model.config.model_type != "qwen2_5_vl":
+        return torch.arange(ids.shape[1])[None, None]
+    types = (ids == model.config.image_token_id).int()
+    rows, _ = model.model.get_rope_index(ids, types, image_grid_thw=inputs["image_grid_thw"])
+    return rows
+
+
 def raters_of(embeds: torch.Tensor, vs: int, nv: int) -> list[int]:
     """Text tokens whose mean softmax relevance to the image is above average (absolute indices)."""
     v, t = embeds[0, vs : vs + nv], embeds[0, vs + nv :]
@@ -63,12 +81,11 @@ def run(model, inputs: dict, decide, positions_mode: str = "contiguous") -> torc
     sum / (count + 1e-6) and inserted after the kept tokens.
     """
     text = model.model.language_model
-    ids = inputs["input_ids"]
-    img = model.config.image_token_id
-    where = (ids[0] == img).nonzero().squeeze(1)
-    vs, nv = int(where[0]), where.numel()
+    vs, nv = visual_span(model, inputs["input_ids"][0])
     h = inputs_embeds(model, inputs)
-    pos = torch.arange(h.shape[1])[None]
+    rows = initial_positions(model, inputs)  # [R, 1, L]
+    one_d = rows.shape[0] == 1
+    pos = rows[0] if one_d else rows
     box = {}
     hooks = [layer.self_attn.register_forward_hook(lambda m, a, o: box.__setitem__("A", o[1])) for layer in text.layers]
     text.config._attn_implementation, saved = "eager", text.config._attn_implementation
@@ -79,11 +96,11 @@ def run(model, inputs: dict, decide, positions_mode: str = "contiguous") -> torc
         vis = h_out[0, vs : vs + nv]
         merged = [vis[g].sum(0) / (len(g) + 1e-6) for g in groups]
         parts = [h_out[0, :vs], vis[kept]] + ([torch.stack(merged)] if merged else []) + [h_out[0, vs + nv :]]
-        new_pos = [pos[0, :vs], pos[0, vs:][kept]]
-        new_pos += [pos[0, vs + torch.tensor([g[0] for g in groups])]] if groups else []
-        new_pos += [pos[0, vs + nv :]]
+        new_pos = [pos[..., :vs], pos[..., vs:][..., kept]]
+        new_pos += [pos[..., vs + torch.tensor([g[0] for g in groups])]] if groups else []
+        new_pos += [pos[..., vs + nv :]]
         h_out = torch.cat(parts)[None]
-        pos = torch.cat(new_pos)[None] if positions_mode == "original" else torch.arange(h_out.shape[1])[None]
+        pos = torch.cat(new_pos, dim=-1) if positions_mode == "original" else torch.arange(h_out.shape[1])[None]
         return h_out, pos, len(kept) + len(groups)
 
     try:
@@ -94,7 +111,12 @@ def run(model, inputs: dict, decide, positions_mode: str = "contiguous") -> torc
             for index, layer in enumerate(text.layers):
                 length = h.shape[1]
                 causal = torch.full((length, length), torch.finfo(h.dtype).min).triu(1)[None, None]
-                h_out = layer(h, attention_mask=causal, position_ids=pos, position_embeddings=text.rotary_emb(h, pos))
+                h_out = layer(
+                    h,
+                    attention_mask=causal,
+                    position_ids=pos if one_d else None,
+                    position_embeddings=text.rotary_emb(h, pos),
+                )
                 decision = decide(index, box["A"], h_out, vs, nv, pos)
                 if decision is not None:
                     h_out, pos, nv = apply(decision, h_out, pos, nv)
@@ -107,19 +129,25 @@ def run(model, inputs: dict, decide, positions_mode: str = "contiguous") -> torc
 
 
 def sparsevlm_decider(
-    model, inputs: dict, version: str, budget: int, record: list, top_heads: int | None = None, scale_bias=None
+    model,
+    inputs: dict,
+    version: str,
+    budget: int,
+    record: list,
+    top_heads: int | None = None,
+    scale_bias=None,
+    layers: tuple[int, ...] | None = None,
+    keeps: tuple[int, ...] | None = None,
 ):
     """The spec's algorithm at layers 2/6/15 (v1.5, v2.0) or 2/6/15/19 with the rank rule (v1.0).
 
     top_heads: v2.0's head count (default 14, or all heads of a smaller model); scale_bias: the rank rule's values
-    (default: the authors' calibration for the budget).
+    (default: the authors' calibration for the budget); layers and keeps: another depth's layers and keep counts.
     """
     embeds = inputs_embeds(model, inputs)
-    ids = inputs["input_ids"][0]
-    where = (ids == model.config.image_token_id).nonzero().squeeze(1)
-    vs0, nv0 = int(where[0]), where.numel()
+    vs0, nv0 = visual_span(model, inputs["input_ids"][0])
     rater_rel = [j - vs0 - nv0 for j in raters_of(embeds, vs0, nv0)]
-    layers = (2, 6, 15, 19) if version == "1.0" else (2, 6, 15)
+    layers = layers or ((2, 6, 15, 19) if version == "1.0" else (2, 6, 15))
     head_dim = model.config.text_config.hidden_size // model.config.text_config.num_attention_heads
     rotary = model.model.language_model.rotary_emb
 
@@ -143,7 +171,7 @@ def sparsevlm_decider(
             rank = int(torch.linalg.matrix_rank(p))
             keep = nv if nv - rank == 0 else min(int(rank * scale + bias), nv - 1)
         else:
-            keep = min(TABLES[version][budget][layers.index(layer)], nv - 1)
+            keep = min((keeps or TABLES[version][budget])[layers.index(layer)], nv - 1)
         kept = sorted(torch.topk(score, keep).indices.tolist())
         groups = []
         if version != "2.0" and keep < nv:

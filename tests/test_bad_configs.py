@@ -95,6 +95,23 @@ CASES: list[tuple[list[str], str]] = [
     (["model=local", "model.pretrained={no_weights}"], "model.pretrained: {no_weights} has no weight files"),
     (["model=local", "model.pretrained={no_tokenizer}"], "model.pretrained: {no_tokenizer} has no tokenizer"),
     (["model=local", "model.pretrained={truncated}"], "model.pretrained: weight file {truncated}/model.safetensors"),
+    (["retain_ratio=0.2"], "retain_ratio: set budget=null with it"),
+    (["budget=null", "retain_ratio=1.5"], "retain_ratio: expected a number in [0.0, 1.0], got 1.5"),
+    (["budget=null", "retain_ratio=0"], "retain_ratio: expected null or a share of the visual tokens in (0, 1)"),
+    (["method=dense", "budget=null", "retain_ratio=0.2"], "retain_ratio: method dense has no budget to set per sample"),
+    (["model=local", "model.pretrained={qwen}", "budget=256"], "positions: 'contiguous' renumbers survivors"),
+    (
+        ["model=local", "model.pretrained={qwen}", "budget=256", "method=sparsevlm_v2", "+method.options.heads=12"],
+        "gravity: SparseVLM+'s RoPE distance prior is defined for 1-D positions",
+    ),
+    (
+        ["model=local", "model.pretrained={next}", "method=visionzip", "budget=320"],
+        "method: visionzip acts on the vision tower's per-image output, which llava_next reshapes",
+    ),
+    (
+        ["model=local", "model.pretrained={next}", "method=pooling", "budget=320"],
+        "method: pooling pools the visual block as one square patch grid",
+    ),
 ]
 if cuda_device_count() == 0:  # errors only on a machine without CUDA (CI)
     CASES.append((["model.device=cuda"], "model.device: cuda requested but no CUDA device is available"))
@@ -140,11 +157,17 @@ print(json.dumps(results))
 
 def _checkpoints(base: Path) -> dict[str, str]:
     """Broken checkpoint directories, one per way a local checkpoint can be wrong."""
-    dirs = {name: base / name for name in ("empty", "bert", "bad_json", "no_weights", "no_tokenizer", "truncated")}
+    broken = ("bert", "bad_json", "no_weights", "no_tokenizer", "truncated", "qwen", "next")
+    dirs = {name: base / name for name in ("empty", *broken)}
     dirs["empty"].mkdir(parents=True)
-    for name in ("bert", "bad_json", "no_weights", "no_tokenizer", "truncated"):
+    for name in broken:
         shutil.copytree(TINY, dirs[name])
     config = json.loads((TINY / "config.json").read_text())
+    # Qwen2.5-VL-7B-Instruct's released config.json keeps the text model's settings at the top level
+    qwen = {"model_type": "qwen2_5_vl", "num_hidden_layers": 28, "num_attention_heads": 28, "hidden_size": 3584,
+            "intermediate_size": 18944, "vision_config": {"patch_size": 14, "spatial_merge_size": 2}}  # fmt: skip
+    (dirs["qwen"] / "config.json").write_text(json.dumps(qwen))
+    (dirs["next"] / "config.json").write_text(json.dumps({**config, "model_type": "llava_next"}))
     (dirs["bert"] / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
     (dirs["bad_json"] / "config.json").write_text('{"model_type": "llava",')
     (dirs["no_weights"] / "model.safetensors").unlink()

@@ -90,3 +90,12 @@ def test_versions_work_as_written_in_the_readme(written, version):
 def test_booleans_are_parsed_as_booleans(override, value):
     spec = spec_from_config(_compose(override))
     assert getattr(spec, override.split("=")[0]) is value
+
+
+@pytest.mark.parametrize("method", ["sparsevlm", "fastv", "divprune"])
+def test_a_retain_ratio_cell_is_labelled_by_its_ratio(method):
+    spec = spec_from_config(_compose(f"method={method}", "budget=null", "retain_ratio=0.111"))
+    assert spec.method.retain_ratio == pytest.approx(0.111)
+    assert spec.grid["retain_ratio"] == pytest.approx(0.111) and spec.grid["budget"] is None
+    assert "_r0.111_" in spec.run_id
+    assert spec.run_id != spec_from_config(_compose(f"method={method}", "budget=null", "retain_ratio=0.2")).run_id

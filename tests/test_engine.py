@@ -289,7 +289,7 @@ def test_a_text_only_forward_is_left_alone(llava32):
 def test_a_batch_row_without_an_image_is_refused(llava32):
     batch = make_inputs(question_lengths=(5, 6))
     batch["input_ids"][1] = batch["input_ids"][1].masked_fill(batch["input_ids"][1] == 250, 7)
-    with pytest.raises(ValueError, match="sample 1 of the batch has no image tokens"):
+    with pytest.raises(ValueError, match="sample 1 of the batch has no visual tokens"):
         with sparsevlm.attach(llava32, SparseVLM(budget=64)):
             llava32(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
 

@@ -115,3 +115,26 @@ def test_noise_and_reference_streams_differ_and_index_draws_nothing(monkeypatch)
     index_end, noise_end = seeds.index("index"), seeds.index("noise")
     assert index_end == 0  # "index" breaks ties without random numbers
     assert set(seeds[index_end + 1 : noise_end]) != {1234} and set(seeds[noise_end + 1 : -1]) == {1234}
+
+
+def test_video_version_prunes_once_after_layer_1_to_the_papers_token_count():
+    """135 of 2048 (the v1 video table): layer 0 and 1 read 2048, then 73 tokens, kept plus recycled, as the video
+    branch's rank + ~62 merged tokens imply ((2048 + 31 x 73) / 32 = 134.7)."""
+    from sparsevlm.budgets import planned_visual_in
+    from sparsevlm.schedule import recycled_count
+
+    method = SparseVLM(budget=135, version="video")
+    plan = method.plan(32, 2048)
+    assert plan.prune_layers == (1,) and plan.recycling is not None and plan.positions == "contiguous"
+    keep = plan.keeps[0]
+    carried = keep + recycled_count(2048 - keep, 0.3, 0.1)
+    assert carried <= 73 < keep + 1 + recycled_count(2048 - keep - 1, 0.3, 0.1)
+    visual_in = planned_visual_in(plan, 2048, 32)
+    assert visual_in[:2] == [2048, 2048] and set(visual_in[2:]) == {carried}
+    assert sum(visual_in[1:] + [carried]) / 32 <= 135  # output side: layer 1's output is already pruned
+
+
+def test_video_versions_rank_rule_keeps_int_rank_like_the_branch():
+    plan = SparseVLM(budget=135, version="video", keep_rule="rank").plan(32, 2048)
+    assert plan.prune_layers == (1,) and plan.keeps == () and plan.rank_scale_bias == (1.0, 0.0)
+    assert SparseVLM(budget=135, keep_rule="rank").plan(32, 2048).rank_scale_bias != (1.0, 0.0)

@@ -114,10 +114,19 @@ class PruningMethod:
     name: ClassVar[str] = "base"
     hook: ClassVar[str] = "llm"
     merges_in_tower: ClassVar[bool] = False  # merges tokens inside the vision tower's layers (tower_step)
+    needs_grid: ClassVar[bool] = False  # reads the visual block as one square patch grid (StageInput.grid)
 
     def pruning_layers(self, n_layers: int) -> tuple[int, ...]:
         """Decoder layers whose output is pruned, for a model of this depth."""
         return ()
+
+    def for_sample(self, n_visual: int) -> PruningMethod:
+        """The method as it runs on a sample of n_visual visual tokens: `retain_ratio`, when set, becomes its budget
+        round(retain_ratio * n_visual) (at least 1), for models whose visual count varies per input."""
+        ratio = getattr(self, "retain_ratio", None)
+        if ratio is None:
+            return self
+        return dataclasses.replace(self, budget=max(1, round(ratio * n_visual)))
 
     def plan(self, n_layers: int, n_visual: int) -> Plan:
         """The static part of the method for one sample with n_visual image tokens."""
@@ -162,6 +171,11 @@ def _describe(annotation: Any) -> str:
 def check_fields(method: PruningMethod) -> None:
     """Raise a one-line ValueError for a bad budget or the first dataclass field whose value does not fit its type."""
     check_budget(method.budget)
+    ratio = getattr(method, "retain_ratio", None)
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio < 1):
+        raise ValueError(
+            f"retain_ratio: expected null (use budget) or a share of the visual tokens in (0, 1), got {ratio!r}"
+        )
     hints = typing.get_type_hints(type(method))
     for f in dataclasses.fields(method):
         value = getattr(method, f.name)

@@ -44,6 +44,7 @@ class OneStage(PruningMethod):
     recycle_fraction: float = 0.3
     cluster_ratio: float = 0.1
     tie_break: str = "index"
+    retain_ratio: float | None = None  # per-sample budget: round(ratio * visual tokens)
     score_rows: ClassVar[str | None] = None
 
     def __post_init__(self) -> None:

@@ -49,6 +49,7 @@ class PyramidDrop(PruningMethod):
     ratio: float | None = None
     convention: str = "output"
     positions: str = "contiguous"
+    retain_ratio: float | None = None  # per-sample budget: round(ratio * visual tokens)
 
     def __post_init__(self) -> None:
         check_fields(self)

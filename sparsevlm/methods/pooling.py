@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from sparsevlm.methods.base import Plan, StageDecision, StageInput
 from sparsevlm.methods.prellm import PreLLM
@@ -21,6 +22,8 @@ class Pooling(PreLLM):
     overlap by one patch when the grid does not divide. Each pooled token takes the position of its cell's first patch
     before the sequence is renumbered. VTC-Bench (arXiv 2510.07143) found such downsampling beats many methods.
     """
+
+    needs_grid: ClassVar[bool] = True
 
     def plan(self, n_layers: int, n_visual: int) -> Plan:
         plan = super().plan(n_layers, n_visual)

@@ -28,6 +28,7 @@ class PreLLM(PruningMethod):
 
     budget: int = 64
     positions: str = "contiguous"
+    retain_ratio: float | None = None  # per-sample budget: round(ratio * visual tokens)
     hook: ClassVar[str] = "pre_llm"
 
     def __post_init__(self) -> None:

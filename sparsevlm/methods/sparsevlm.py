@@ -24,9 +24,11 @@ from sparsevlm.schedule import (
     V15_TABLE,
     V20_HEAD_FRACTION,
     V20_TABLE,
+    VIDEO_LAYERS,
     derive_keeps,
     map_layers,
     rank_scale_bias,
+    single_stage_keep,
 )
 
 # What each released version does (docs/method.md); every entry is also a field that can be overridden.
@@ -34,6 +36,7 @@ VERSION_DEFAULTS = {
     "1.0": dict(keep_rule="rank", head_fraction=1.0, gravity=False, recycle=True, positions="contiguous"),
     "1.5": dict(keep_rule="table", head_fraction=1.0, gravity=False, recycle=True, positions="contiguous"),
     "2.0": dict(keep_rule="table", head_fraction=V20_HEAD_FRACTION, gravity=True, recycle=False, positions="original"),
+    "video": dict(keep_rule="table", head_fraction=1.0, gravity=False, recycle=True, positions="contiguous"),
 }
 
 
@@ -47,6 +50,9 @@ class SparseVLM(PruningMethod):
       "1.5"  ICML-era code (tag v1.5, b9619e6): fixed per-layer tables at layers 2/6/15, recycling. Default.
       "2.0"  SparseVLM+ (9e1f649, USE_VERSION=2_0): gravity-corrected attention, top-14 heads, no recycling,
              original position ids.
+      "video" the `video` branch (f05b898, Video-LLaVA): one stage after layer 1, recycling. The branch keeps int(rank)
+             tokens, with no budget knob (keep_rule="rank" does that: scale 1, bias 0); by default the stage keeps the
+             count whose equivalent tokens meet `budget` (135 of 2048 -> 11 kept + 62 recycled = 73).
     Deviations from the reference are fields too: `tie_break` ("reference": the authors' exact noise stream; "noise":
     seeded noise of our own; "index": deterministic), `rank_rule` ("paper": deleted = scale * (Nv - rank), Eq. 8),
     `raters="all"`, `rater_dtype="float32"`.
@@ -74,6 +80,7 @@ class SparseVLM(PruningMethod):
     positions: str | None = None  # "contiguous" | "original"
     tie_break: str = "index"  # DPC-kNN density ties: "index" (deterministic) | "noise" (seeded) | "reference"
     seed: int = 0
+    retain_ratio: float | None = None  # per-sample budget: round(ratio * visual tokens)
 
     def __post_init__(self) -> None:
         if isinstance(self.version, int | float) and not isinstance(self.version, bool):
@@ -125,6 +132,8 @@ class SparseVLM(PruningMethod):
     def pruning_layers(self, n_layers: int) -> tuple[int, ...]:
         if self.prune_layers is not None:
             return self.prune_layers
+        if self.version == "video":
+            return map_layers(VIDEO_LAYERS, n_layers)
         return map_layers(V10_LAYERS if self.keep_rule == "rank" else V15_LAYERS, n_layers)
 
     def plan(self, n_layers: int, n_visual: int) -> Plan:
@@ -135,15 +144,23 @@ class SparseVLM(PruningMethod):
         if self.budget >= n_visual:
             return unpruned_plan(self, self.budget, n_visual, positions=self.positions)
         if self.keep_rule == "rank":
-            scale_bias = (self.scale, self.bias) if self.scale is not None else rank_scale_bias(self.budget, n_visual)
+            scale_bias = (self.scale, self.bias) if self.scale is not None else self._rank_scale_bias(n_visual)
             return Plan(layers, (), rank_scale_bias=scale_bias, **common)
         if self.keeps is not None:
             return Plan(layers, self.keeps, **common)
+        if self.version == "video":
+            return Plan(
+                layers, (single_stage_keep(self.budget, layers[0], n_visual, n_layers, "output", recycling),), **common
+            )
         table = V20_TABLE if self.version == "2.0" else V15_TABLE
         keeps = derive_keeps(
             table, self.budget, layers, n_visual, n_layers, self.recycle, self.recycle_fraction, self.cluster_ratio
         )
         return Plan(layers, keeps, **common)
+
+    def _rank_scale_bias(self, n_visual: int) -> tuple[float, float]:
+        """The rank rule's default scale and bias: the video branch keeps int(rank); v1.0 was calibrated per budget."""
+        return (1.0, 0.0) if self.version == "video" else rank_scale_bias(self.budget, n_visual)
 
     def decide(self, inp: StageInput, plan: Plan) -> StageDecision:
         import torch
