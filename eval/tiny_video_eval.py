@@ -15,7 +15,7 @@ from transformers import AutoProcessor, VideoLlavaForConditionalGeneration
 
 import sparsevlm
 from eval import synth_video
-from eval.tiny_train.video import evaluate_videos
+from eval.tiny_train.video import evaluate_videos, per_family
 
 PAPER_VIDEO_TOKENS = 2048  # Video-LLaVA-7B in the paper: 8 frames x 256 patches
 PAPER_BUDGETS = (135, 194)
@@ -26,19 +26,30 @@ def scaled_budget(paper_budget: int, video_tokens: int) -> int:
     return round(video_tokens * paper_budget / PAPER_VIDEO_TOKENS)
 
 
-def measure(model_dir: Path, data_dir: Path, methods: list[str], paper_budgets: tuple[int, ...]) -> dict:
-    """{"dense": accuracies, "<method>@<paper budget>": accuracies and the budget run} on the whole held-out set."""
+def build_method(spec: str, budget: int) -> sparsevlm.PruningMethod:
+    """A registry method from "name" or "name:version" (e.g. "sparsevlm:video", SparseVLM's Video-LLaVA branch)."""
+    name, _, version = spec.partition(":")
+    return sparsevlm.make_method(name, budget, **({"version": version} if version else {}))
+
+
+def measure(
+    model_dir: Path, data_dir: Path, methods: list[str], paper_budgets: tuple[int, ...], limit: int | None = None
+) -> dict:
+    """{"dense": accuracies, "<method>@<paper budget>": accuracies and the budget run} on the held-out set (or on its
+    first `limit` questions of each family)."""
     torch.set_num_threads(1)
     model = VideoLlavaForConditionalGeneration.from_pretrained(model_dir, local_files_only=True).eval()
     processor = AutoProcessor.from_pretrained(model_dir, local_files_only=True)
     items = synth_video.load_eval_set(data_dir)
+    if limit:
+        items = per_family(items, limit)
     videos = data_dir / "videos"
     results = {"video_tokens": model.config.video_seq_length, "dense": evaluate_videos(model, processor, items, videos)}
     print("dense", json.dumps(results["dense"]), flush=True)
     for name in methods:
         for paper_budget in paper_budgets:
             budget = scaled_budget(paper_budget, model.config.video_seq_length)
-            with sparsevlm.attach(model, sparsevlm.make_method(name, budget)):
+            with sparsevlm.attach(model, build_method(name, budget)):
                 accuracy = evaluate_videos(model, processor, items, videos)
             results[f"{name}@{paper_budget}"] = {"budget": budget, **accuracy}
             print(f"{name}@{paper_budget} (budget {budget})", json.dumps(accuracy), flush=True)
@@ -61,11 +72,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=Path("models/tiny-video-llava"))
     ap.add_argument("--data", type=Path, default=Path("data/synth_video"))
-    ap.add_argument("--methods", nargs="*", default=["random", "fastv", "sparsevlm"])
+    ap.add_argument("--methods", nargs="*", default=["random", "fastv", "sparsevlm", "sparsevlm:video"])
     ap.add_argument("--paper-budgets", type=int, nargs="*", default=list(PAPER_BUDGETS))
+    ap.add_argument("--per-family", type=int, help="only the first N questions of each family")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    results = measure(args.model, args.data, args.methods, tuple(args.paper_budgets))
+    results = measure(args.model, args.data, args.methods, tuple(args.paper_budgets), args.per_family)
     print(table(results))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
