@@ -156,32 +156,25 @@ def sample_video(rng: random.Random, grid: int = GRID, cell: int = CELL, frames:
     return Video(tuple(tracks), grid, cell)
 
 
-def token_events(video: Video) -> tuple[np.ndarray, np.ndarray]:
-    """What changed at each cell since the previous frame: (frames, grid * grid) indices into EVENTS, and the
-    (frames, grid * grid, 2) colour and shape of the object it happened to (1 + index into synth.COLOUR_NAMES and
-    synth.SHAPES; 0 where nothing happened)."""
+def token_events(video: Video) -> np.ndarray:
+    """(frames, grid * grid) indices into EVENTS: what changed at each cell since the previous frame."""
     frames = len(video.tracks[0].cells)
     events = np.zeros((frames, video.grid * video.grid), dtype=np.int64)
-    objects = np.zeros((frames, video.grid * video.grid, 2), dtype=np.int64)
     for track in video.tracks:
-        identity = (synth.COLOUR_NAMES.index(track.colour) + 1, synth.SHAPES.index(track.shape) + 1)
         for f in range(1, frames):
             before, now = track.cells[f - 1], track.cells[f]
             if before == now:
                 continue
-            marks = []
             if before is None:
-                marks.append((now, "appeared"))
+                events[f, synth.patch_index(*now, video.grid)] = EVENTS.index("appeared")
             elif now is None:
-                marks.append((before, "vanished"))
+                events[f, synth.patch_index(*before, video.grid)] = EVENTS.index("vanished")
             else:
                 step = (int(np.sign(now[0] - before[0])), int(np.sign(now[1] - before[1])))
                 moved = next(d for d, delta in DIRECTIONS.items() if delta == step)
-                marks += [(now, f"moved_{moved}"), (before, "vacated")]
-            for cell, event in marks:
-                events[f, synth.patch_index(*cell, video.grid)] = EVENTS.index(event)
-                objects[f, synth.patch_index(*cell, video.grid)] = identity
-    return events, objects
+                events[f, synth.patch_index(*now, video.grid)] = EVENTS.index(f"moved_{moved}")
+                events[f, synth.patch_index(*before, video.grid)] = EVENTS.index("vacated")
+    return events
 
 
 def _cell_index(track: Track, frame: int, grid: int) -> int:

@@ -97,7 +97,7 @@ def test_event_probe_reads_the_patch_tokens_in_frame_order(converted: tuple) -> 
     is_patch = batch["input_ids"] == model.config.video_token_id
     is_patch[is_patch.clone()] = patch_token_mask(synth_video.GRID, len(videos))
     pixels = batch["pixel_values_videos"].flatten(0, 1)  # (video, frame) in order
-    events = torch.from_numpy(np.concatenate([synth_video.token_events(v)[0].ravel() for v in videos]))
+    events = torch.from_numpy(np.concatenate([synth_video.token_events(v).ravel() for v in videos]))
     # a patch token's pixels: the patch of its frame; an "appeared" token shows an object, a "vanished" one does not
     patches = pixels.unfold(2, 8, 8).unfold(3, 8, 8).permute(0, 2, 3, 1, 4, 5).flatten(0, 2).flatten(1)
     assert is_patch.sum() == len(events) == len(patches)

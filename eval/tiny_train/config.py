@@ -88,9 +88,6 @@ class VideoTrainConfig:
     event_aux: float = 1.0
     event_aux_layers: str = "2,4"
     event_weight: float = 10.0  # weight of the event tokens (a few of 288) over unchanged ones in that loss
-    # weight of a loss making the same tokens also carry the colour and shape of the object the event happened to:
-    # for "vanished" that is the object one frame earlier, which "What disappeared?" has to name
-    event_object_aux: float = 0.0
 
 
 def config_parser(config_type: type, description: str | None = None) -> argparse.ArgumentParser:

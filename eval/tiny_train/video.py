@@ -276,11 +276,8 @@ def train_video(cfg: VideoTrainConfig, out: Path, eval_dir: Path) -> dict:
     # one head set for the first cell an answer is read from, one for the second (the mover's last cell)
     probes = [PositionProbe(hidden_size, grid, len(answer_layers)) for _ in range(2)]
     event_probe = ClassProbe(hidden_size, len(synth_video.EVENTS), len(event_layers), cfg.event_weight)
-    object_layers = event_layers if cfg.event_object_aux else ()
-    colour_probe = ClassProbe(hidden_size, len(synth.COLOUR_NAMES) + 1, len(object_layers), cfg.event_weight)
-    shape_probe = ClassProbe(hidden_size, len(synth.SHAPES) + 1, len(object_layers), cfg.event_weight)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    trainable += [p for head in (*probes, event_probe, colour_probe, shape_probe) for p in head.parameters()]
+    trainable += [p for head in (*probes, event_probe) for p in head.parameters()]
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=WEIGHT_DECAY, betas=ADAM_BETAS)
     rng = random.Random(cfg.seed)
     log: dict = {"config": dataclasses.asdict(cfg), "history": [], "evals": []}
@@ -316,23 +313,12 @@ def train_video(cfg: VideoTrainConfig, out: Path, eval_dir: Path) -> dict:
             running["answer_aux"] += aux.item()
             loss = loss + cfg.answer_aux * aux
         if event_layers:
-            events, objects = (
-                torch.from_numpy(np.concatenate(a)) for a in zip(*map(synth_video.token_events, videos), strict=True)
-            )
-            events, objects = events.flatten(), objects.flatten(0, 1)
+            events = torch.from_numpy(np.concatenate([synth_video.token_events(v).ravel() for v in videos]))
             at_patches = [hidden_at[n][is_patch] for n in event_layers]
             aux = event_probe.loss(at_patches, events)
             running["event_aux"] += aux.item()
             running["event_acc"] += event_probe.rare_accuracy(at_patches[-1], events)
             loss = loss + cfg.event_aux * aux
-            if object_layers:
-                aux = colour_probe.loss(at_patches, objects[:, 0]) + shape_probe.loss(at_patches, objects[:, 1])
-                running["event_object_aux"] += aux.item()
-                vanished = events == synth_video.EVENTS.index("vanished")
-                running["vanished_shape_acc"] += shape_probe.rare_accuracy(
-                    at_patches[-1][vanished], objects[vanished, 1]
-                )
-                loss = loss + cfg.event_object_aux * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
