@@ -124,6 +124,65 @@ def nominal_visual_tokens(config: dict[str, Any]) -> int:
     return per_image  # LLaVA drops the CLS token
 
 
+@dataclass(frozen=True)
+class TowerWork:
+    """What one sample's vision tower ran on, for the FLOPs count (sparsevlm.flops.vision_flops)."""
+
+    passes: int  # CLIP/SigLIP tower passes: 1 per image, per video frame, per anyres crop (the base image included)
+    projector_rows: int  # rows the projector maps (LLaVA-NeXT/OneVision: every crop's patches, before unpadding)
+    grids: tuple[tuple[int, int, int], ...] = ()  # Qwen2.5-VL: the (t, h, w) patch grid of each image or video
+
+
+def _vit_tokens(config: Any) -> tuple[int, bool]:
+    """(patch tokens of one tower pass, whether the tower adds a CLS token) of a CLIP/SigLIP-tower config."""
+    vision = config.vision_config
+    return (vision.image_size // vision.patch_size) ** 2, vision.model_type == "clip_vision_model"
+
+
+def fixed_tower_work(config: Any, n_visual: int) -> TowerWork:
+    """The tower's work behind n_visual tokens where the family fixes it: LLaVA-1.5's one image, Video-LLaVA's image
+    (CLS dropped) or video (every frame's CLS kept); a one-line ValueError for families whose work varies per input."""
+    mm_type = config.model_type
+    if mm_type not in ("llava", "video_llava"):
+        raise ValueError(
+            f"tower: {mm_type}'s vision work depends on the input (anyres crops, image resolution); pass "
+            "tower=sparsevlm.arch.tower_work(model.config, inputs)[row]"
+        )
+    patches, cls = _vit_tokens(config)
+    if mm_type == "llava" or n_visual == patches:
+        return TowerWork(passes=1, projector_rows=n_visual)
+    frames, rest = divmod(n_visual, patches + cls)
+    if rest:
+        raise ValueError(f"n_visual: {n_visual} is neither an image ({patches}) nor whole frames of {patches + cls}")
+    return TowerWork(passes=frames, projector_rows=n_visual)
+
+
+def tower_work(config: Any, inputs: dict[str, Any]) -> list[TowerWork]:
+    """Per batch row, the vision tower's work on these model inputs (one image or one video per row)."""
+    mm_type = config.model_type
+    batch = inputs["input_ids"].shape[0]
+    if mm_type == "qwen2_5_vl":
+        merge = config.vision_config.spatial_merge_size
+        grids = inputs.get("image_grid_thw")
+        grids = inputs["video_grid_thw"] if grids is None else grids
+        return [TowerWork(1, int(grid.prod()) // merge**2, (tuple(grid.tolist()),)) for grid in grids]
+    patches, cls = _vit_tokens(config)
+    keep_cls = cls and config.vision_feature_select_strategy == "full"
+    videos = inputs.get("pixel_values_videos")
+    if videos is not None:  # Video-LLaVA keeps every frame's CLS token
+        frames = videos.shape[1]
+        return [TowerWork(frames, frames * (patches + (cls if mm_type == "video_llava" else keep_cls)))] * batch
+    if mm_type in VARIABLE_CROPS:
+        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+        crops = [
+            image_size_to_num_patches(size.tolist(), config.image_grid_pinpoints, config.vision_config.image_size)
+            for size in inputs["image_sizes"]
+        ]
+        return [TowerWork(n, n * (patches + keep_cls)) for n in crops]
+    return [TowerWork(1, patches + keep_cls)] * batch
+
+
 def _rope_function(text_type: str) -> Callable:
     module, name = ROPE_FUNCTIONS[text_type].split(":")
     return getattr(importlib.import_module(module), name)
