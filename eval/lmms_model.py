@@ -27,7 +27,7 @@ import sparsevlm
 from eval.config import ATTENTION, DTYPES, choice, integer
 from eval.registry import METHODS, make_method
 from sparsevlm import PruningMethod, SampleTrace
-from sparsevlm.arch import FAMILIES, check_supported
+from sparsevlm.arch import FAMILIES, TowerWork, check_supported, tower_work
 from sparsevlm.flops import full_flops, paper_flops, scored_rows
 from sparsevlm.timing import GenerateTiming, timed_generate
 
@@ -255,6 +255,7 @@ class SparseVLMModel(lmms):
         output_tokens: int,
         times: dict[str, float | None],
         batch: int,
+        tower: TowerWork | None = None,
     ) -> dict[str, Any]:
         """One per-request efficiency row, appended to self.efficiency_records.
 
@@ -276,7 +277,9 @@ class SparseVLMModel(lmms):
             "output_tokens": output_tokens,
             "tflops_paper": paper_flops(self.model.config, sample) / 1e12 if sample else None,
             "tflops_full": (
-                full_flops(self.model.config, sample, scored_rows(self.method, sample)).total / 1e12 if sample else None
+                full_flops(self.model.config, sample, scored_rows(self.method, sample), tower).total / 1e12
+                if sample
+                else None
             ),
             **times,
             "batch_size": batch,
@@ -408,6 +411,7 @@ class SparseVLMModel(lmms):
         config, until = self._gen_config(batch[0][1])
         inputs = self._inputs(prompts, images)
         width = inputs["input_ids"].shape[1]
+        towers = tower_work(self.model.config, inputs)
         timing, trace, generated = timed_generate(self.model, inputs, self.method, **config)
         elapsed = timing.e2e_s
         times = _times(timing)
@@ -422,8 +426,9 @@ class SparseVLMModel(lmms):
             for stop in until:
                 text = text.split(stop)[0]
             text = text.strip()
+            prompt_tokens = int(inputs["attention_mask"][row].sum())
             record = self._record(
-                task, doc_id, samples[row], int(inputs["attention_mask"][row].sum()), len(tokens), times, len(batch)
+                task, doc_id, samples[row], prompt_tokens, len(tokens), times, len(batch), towers[row]
             )
             rows.append(record)
             counts = TokenCounts(input_tokens=self._input_tokens(record), output_tokens=len(tokens))
@@ -470,7 +475,8 @@ class SparseVLMModel(lmms):
         total = float(logprobs.gather(1, target[:, None]).sum())
         greedy = bool((logprobs.argmax(dim=-1) == target).all())
         times = {"e2e_ms": elapsed * 1000.0}  # a single forward: no prefill/decode split
-        row = self._record(task, doc_id, self._samples(trace, 1)[0], inputs["input_ids"].shape[1], 0, times, 1)
+        (tower,) = tower_work(self.model.config, inputs)
+        row = self._record(task, doc_id, self._samples(trace, 1)[0], inputs["input_ids"].shape[1], 0, times, 1, tower)
         self._log([row], elapsed)
         self.cache_hook.add_partial("loglikelihood", (context, continuation), (total, greedy))
         return total, greedy
