@@ -1,4 +1,4 @@
-"""Video-QA tasks end to end on CPU: local layout -> runner -> lmms-eval -> plugin (frames, `videos=`) -> judge -> record.
+"""Video QA end to end on CPU: local layout -> runner -> lmms-eval -> plugin (frames, `videos=`) -> judge -> record.
 
 The pruning engine does not support Video-LLaVA yet, so the cells here run the real plugin with its generate step
 replaced (`NoEngineModel`): everything before it (decoding 8 frames, the processor's `<video>` expansion) and after it
@@ -134,7 +134,7 @@ def test_match_judged_cell_loads_the_layout_and_fails_bad_videos_alone(cell):
 
 
 class FakeOpenAI(BaseHTTPRequestHandler):
-    """An OpenAI-compatible /chat/completions: replies 'yes, 4' when the prediction contains the answer, else 'no, 1'."""
+    """An OpenAI-compatible /chat/completions: 'yes', 4 when the prediction contains the answer, else 'no', 1."""
 
     requests: list[dict] = []
 
@@ -203,7 +203,7 @@ def test_unreachable_gpt_judge_fails_the_documents_and_the_cell_never_scores_zer
     reason="needs the engine's video_llava support (sparsevlm.arch, main branch): attach() refuses the model type",
 )
 def test_video_llava_dense_cell_with_the_engine(video_setup):
-    """The plugin end to end on the tiny Video-LLaVA with method=dense (nothing attached, but attach checks the arch)."""
+    """The plugin end to end on the tiny Video-LLaVA, method=dense (nothing is attached, but attach checks the arch)."""
     import sparsevlm
     from eval.docguard import DocGuard
 

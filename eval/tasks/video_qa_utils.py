@@ -1,9 +1,10 @@
 """Open-ended video QA (MSVD-QA, MSRVTT-QA, TGIF-QA, ActivityNet-QA) on the files Video-LLaVA's evaluation reads.
 
 Data: `<data_root>/<questions>` (a JSON list of {video_name, question, question_id}), `<data_root>/<answers>` (a JSON
-list of {answer, question_id}, joined by question_id) and `<data_root>/<video_dir>/<video_prefix><video_name>.<ext>`
-with ext tried in the order .mp4, .avi, .mov, .mkv, .webm (Video-LLaVA's order, then ActivityNet's .webm). A questions file that already holds an `answer` column
-(.json, .jsonl or .parquet, e.g. a copy of the Hub's ActivityNetQA) needs no answers file (`answers: null`).
+list of {answer, question_id}, joined by question_id) and `<data_root>/<video_dir>/<video_prefix><video_name>.<ext>`,
+ext tried in the order .mp4, .avi, .mov, .mkv (Video-LLaVA's), then .webm (ActivityNet's). A questions file that
+already holds an `answer` column (.json, .jsonl or .parquet, e.g. the Hub's ActivityNetQA) needs no answers file
+(`answers: null`).
 
 The task YAMLs name the files (`video_layout`); the run gives `video_qa`: data_root, first_n (the FastV / SparseVLM
 protocol scores the first 1000 questions in file order), layout overrides, and the judge (eval.judges). A missing
