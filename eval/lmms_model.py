@@ -26,6 +26,7 @@ from lmms_eval.models.model_utils.gen_metrics import log_metrics
 import sparsevlm
 from eval.config import ATTENTION, DTYPES, choice, integer
 from eval.registry import METHODS, make_method
+from eval.video import accepts_videos, read_frames, split_visuals
 from sparsevlm import PruningMethod, SampleTrace
 from sparsevlm.arch import FAMILIES, TowerWork, check_supported, tower_work
 from sparsevlm.flops import full_flops, paper_flops, scored_rows
@@ -216,30 +217,37 @@ class SparseVLMModel(lmms):
             torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------------------------------------ prompts
-    def build_prompt(self, context: str, n_images: int) -> str:
+    def build_prompt(self, context: str, n_images: int, n_videos: int = 0) -> str:
         """The prompt for one request: the chat template (style "auto") or a fixed LLaVA-1.5 layout (PROMPTS)."""
         if self.prompt == "auto" and getattr(self.processor, "chat_template", None):
-            content = [{"type": "image"}] * n_images + [{"type": "text", "text": context}]
+            content = [{"type": "video"}] * n_videos + [{"type": "image"}] * n_images
+            content.append({"type": "text", "text": context})
             return self.processor.apply_chat_template(
                 [{"role": "user", "content": content}], add_generation_prompt=True
             )
         template = PROMPTS["llava" if self.prompt == "auto" else self.prompt]
-        return template.format(images="<image>" * n_images + ("\n" if n_images else ""), context=context)
+        placeholders = "<video>" * n_videos + "<image>" * n_images
+        return template.format(images=placeholders + ("\n" if placeholders else ""), context=context)
 
     def _visuals(self, doc_to_visual: Callable | None, task: str, split: str, doc_id: int) -> list:
-        """The request's images; one-line errors for what the engine cannot prune (videos, several images)."""
+        """The request's image or video (eval.video.VideoFrames: a path decoded to Video-LLaVA's 8 frames); one-line
+        errors for what the engine cannot prune (several visuals, a video for an image-only processor)."""
         if doc_to_visual is None:
             return []
         visuals = [v for v in (doc_to_visual(self.task_dict[task][split][doc_id]) or []) if v is not None]
-        if any(isinstance(v, str) for v in visuals):
-            raise ValueError(f"{task}: video/audio inputs are not supported by the sparsevlm model (image LLaVA)")
         if len(visuals) > 1:
-            raise ValueError(f"{task}: {len(visuals)} images in one prompt; the engine prunes one image per prompt")
+            raise ValueError(f"{task}: {len(visuals)} visuals in one prompt; the engine prunes one per prompt")
+        if visuals and isinstance(visuals[0], str):
+            if not accepts_videos(self.processor):
+                raise ValueError(f"{task}: a video needs a video model (Video-LLaVA); this processor takes images")
+            return [read_frames(visuals[0])]
         return [v.convert("RGB") for v in visuals]
 
     def _inputs(self, prompts: list[str], images: list) -> dict[str, torch.Tensor]:
         """Left-padded processor inputs on the model's device, pixel values in the model's dtype."""
-        inputs = self.processor(images=images or None, text=prompts, return_tensors="pt", padding=True)
+        images, videos = split_visuals(images)
+        extra = {"videos": videos} if videos else {}  # only video processors take `videos`
+        inputs = self.processor(images=images or None, text=prompts, return_tensors="pt", padding=True, **extra)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         for key in [k for k in inputs if k.startswith("pixel_values")]:  # images, Video-LLaVA's images and videos
             inputs[key] = inputs[key].to(self.model.dtype)
@@ -351,8 +359,9 @@ class SparseVLMModel(lmms):
                     except Exception as err:
                         out[i] = self._failed(task, doc_id, err)
                         continue
-                    item = (i, self.build_prompt(context, len(images)), dict(gen_kwargs or {}), images, doc_id, task)
-                    prepared.setdefault(len(images), []).append(item)
+                    counts = tuple(map(len, split_visuals(images)))  # (images, videos): one batch holds one kind
+                    item = (i, self.build_prompt(context, *counts), dict(gen_kwargs or {}), images, doc_id, task)
+                    prepared.setdefault(counts, []).append(item)
                 for batch in prepared.values():
                     for item, result in zip(batch, self._generate_isolated([b[1:] for b in batch]), strict=True):
                         out[item[0]] = result
@@ -457,7 +466,7 @@ class SparseVLMModel(lmms):
         if isinstance(continuation, list):
             continuation = continuation[0]
         images = self._visuals(doc_to_visual, task, split, doc_id)
-        prompt = self.build_prompt(context, len(images))
+        prompt = self.build_prompt(context, *map(len, split_visuals(images)))
         full = prompt + (continuation if continuation[:1].isspace() else " " + continuation)
         n_prompt = self._inputs([prompt], images)["input_ids"].shape[1]
         inputs = self._inputs([full], images)
