@@ -86,7 +86,7 @@ def _row_label(
 ) -> str:
     """'sparsevlm-v1.5', 'fastv', 'divprune-flops' (a FLOPs-matched cell: its budget is the reference's),
     'fastv-r0.111' (a cell budgeted per sample as a share of its visual tokens)."""
-    label = f"{method}-v{version}" if method == "sparsevlm" and version else method
+    label = f"{method}-{'' if version == 'video' else 'v'}{version}" if method == "sparsevlm" and version else method
     label = f"{label}-{convention}" if convention and convention != "native" else label
     return f"{label}-r{retain_ratio:g}" if retain_ratio is not None else label
 
