@@ -5,6 +5,7 @@ weights, or a local checkpoint on the bundled synthetic questions.
     python -m eval.bench --shape llava-1.5-7b --device cuda --repeats 20 --batches 1 4 8
     python -m eval.bench --model models/tiny-llava --budgets 48 32 16 --baselines fastv random --batch 8
     python -m eval.bench --shape cpu-32l --budgets 64 --baselines all       # every registered method
+    python -m eval.bench --shape cpu-qwen2.5-vl --versions 1.5 --positions default original   # another family
 
 Every configuration runs in one process, interleaved (each repeat visits every configuration once, in a rotated
 order), after one untimed warm-up per configuration. Prints one table and writes it, with every per-run value, as
@@ -31,8 +32,9 @@ import transformers
 
 import sparsevlm
 from eval.registry import METHODS, make_method, method_options
-from eval.shapes import SHAPES, Shape, build_model, make_batch
-from sparsevlm import flops
+from eval.shapes import SHAPES, Shape, build_family_model, build_model, make_batch, make_family_batch
+from sparsevlm import arch, flops
+from sparsevlm.engine import check_positions
 from sparsevlm.methods.base import PruningMethod
 from sparsevlm.methods.sparsevlm import VERSION_DEFAULTS
 from sparsevlm.timing import GenerateTiming, timed_generate
@@ -58,27 +60,43 @@ class Config:
 
 
 def configurations(
-    budgets: list[int], versions: list[str], fastv_layer: int | None, baselines: tuple[str, ...] = ("fastv",)
+    budgets: list[int],
+    versions: list[str],
+    fastv_layer: int | None,
+    baselines: tuple[str, ...] = ("fastv",),
+    positions: tuple[str, ...] = ("default",),
 ) -> list[Config]:
-    """Dense, then SparseVLM per version, then each baseline (FastV, random, the zoo), each at every budget."""
+    """Dense, then SparseVLM per version, then each baseline (FastV, random, the zoo), each at every budget; once per
+    positions choice ("default": the method's own; "original": labelled +original, for methods with that option)."""
     out = [Config("dense", "dense", None, None, sparsevlm.Dense())]
-    for version in versions:
-        for budget in budgets:  # v2.0's top-k heads follow the model's head count (the library's head_fraction)
-            method = sparsevlm.SparseVLM(budget=budget, version=version)
-            out.append(Config(f"sparsevlm-{version}@{budget}", "sparsevlm", version, budget, method))
-    for name in baselines:
-        for budget in budgets:
-            options = {"layer": fastv_layer} if "layer" in method_options(name) else {}
-            out.append(Config(f"{name}@{budget}", name, None, budget, make_method(name, budget, **options)))
+    for choice in positions:
+        option, suffix = ({}, "") if choice == "default" else ({"positions": choice}, f"+{choice}")
+        for version in versions:
+            for budget in budgets:  # v2.0's top-k heads follow the model's head count (the library's head_fraction)
+                method = sparsevlm.SparseVLM(budget=budget, version=version, **option)
+                out.append(Config(f"sparsevlm-{version}{suffix}@{budget}", "sparsevlm", version, budget, method))
+        for name in baselines:
+            if option and "positions" not in method_options(name):
+                continue
+            for budget in budgets:
+                options = {"layer": fastv_layer} if "layer" in method_options(name) else {}
+                method = make_method(name, budget, **options, **option)
+                out.append(Config(f"{name}{suffix}@{budget}", name, None, budget, method))
     return out
 
 
-def runnable(configs: list[Config], model: torch.nn.Module) -> tuple[list[Config], list[str]]:
-    """The configurations this model can run, and one line per one it cannot (e.g. a budget below a method's floor)."""
+def runnable(
+    configs: list[Config], model: torch.nn.Module, n_visual: int | None = None
+) -> tuple[list[Config], list[str]]:
+    """The configurations this model can run, and one line per one it cannot (a budget below a method's floor, a tower
+    method on a family that reshapes the tower's output, contiguous positions on M-RoPE). n_visual: the input's visual
+    count, for families whose count varies per input (planned per sample, so checked here for this input)."""
     kept, skipped = [], []
     for config in configs:
         try:
-            sparsevlm.check(model, config.method)
+            spec = sparsevlm.check(model, config.method)
+            if n_visual is not None:
+                check_positions(spec.positions, config.method.plan(spec.n_layers, n_visual))
         except ValueError as err:
             skipped.append(f"skipped {config.label}: {err}")
             continue
@@ -112,8 +130,12 @@ def run_once(model, inputs: dict, config: Config, new_tokens: int, repeat: int =
         )  # fmt: skip
     e2e_cpu = time.process_time() - started
     samples = trace.samples
+    towers = arch.tower_work(model.config, inputs)
     paper = [flops.paper_flops(model.config, s) for s in samples]
-    full = [flops.full_flops(model.config, s, flops.scored_rows(config.method, s)) for s in samples]
+    full = [
+        flops.full_flops(model.config, s, flops.scored_rows(config.method, s), tower)
+        for s, tower in zip(samples, towers, strict=True)
+    ]
     return {
         "label": config.label,
         "repeat": repeat,
@@ -296,13 +318,21 @@ def check_targets(rows: list[dict], budget: int = 64) -> list[str]:
     return lines
 
 
+def shape_inputs(model, shape: Shape, batch: int, args, device, dtype) -> dict[str, torch.Tensor]:
+    """`batch` equal prompts of the shape's family: LLaVA-1.5 at --prompt-len tokens, the others with 118 text tokens
+    around the visual block of the shape's input."""
+    if shape.family == "llava":
+        return make_batch(shape, batch, args.prompt_len, args.seed, device, dtype)
+    return make_family_batch(model, shape, batch, seed=args.seed, device=device, dtype=dtype)
+
+
 def throughput(model, shape: Shape, args, device, dtype) -> list[dict[str, Any]]:
     """Generation throughput per batch size for Dense and SparseVLM-1.5 at the smallest budget, interleaved."""
     methods = [
         ("dense", sparsevlm.Dense()),
         (f"sparsevlm-1.5@{min(args.budgets)}", sparsevlm.SparseVLM(min(args.budgets))),
     ]
-    batches = {b: make_batch(shape, b, args.prompt_len, args.seed, device, dtype) for b in args.batches}
+    batches = {b: shape_inputs(model, shape, b, args, device, dtype) for b in args.batches}
     cases = [(b, label, method) for b in args.batches for label, method in methods]
     results: dict[tuple[int, str], list[GenerateTiming]] = {(b, label): [] for b, label, _ in cases}
     for repeat in range(-args.warmup, args.repeats):
@@ -364,7 +394,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=1, help="prompts per generate call")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per configuration")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per configuration before timing")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[192, 128, 64], help="equivalent-token budgets")
+    parser.add_argument(
+        "--budgets", type=int, nargs="+", default=None, help="equivalent-token budgets; default: the shape's"
+    )
     parser.add_argument(
         "--versions",
         nargs="*",
@@ -378,7 +410,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--fastv-layer", type=int, default=None, help="FastV's K (prunes layer K-1's output); default: depth-mapped 2"
     )
-    parser.add_argument("--prompt-len", type=int, default=694, help="prompt tokens, the visual ones included (--shape)")
+    parser.add_argument(
+        "--positions",
+        nargs="+",
+        default=["default"],
+        choices=("default", "original"),
+        help="positions of the survivors: each method's own, and/or original (M-RoPE models need original)",
+    )
+    parser.add_argument(
+        "--prompt-len", type=int, default=694, help="prompt tokens, the visual ones included (LLaVA-1.5 shapes)"
+    )
     parser.add_argument("--new-tokens", type=int, default=8, help="tokens generated per sample (forced)")
     parser.add_argument("--batches", type=int, nargs="*", default=[], help="also measure throughput at these batches")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -387,6 +428,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the synthetic prompt")
     parser.add_argument("--out", type=Path, default=None, help="JSON path; default results/bench/<shape>-<device>.json")
     args = parser.parse_args(argv)
+    args.budgets = args.budgets or list(SHAPES[args.shape].budgets)
     if args.model is not None and args.batches:
         parser.error("--batches (throughput) needs a --shape; time a checkpoint's batch with --batch")
     return args
@@ -442,13 +484,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     _progress(f"building {name} ({dtype_name}, {device}) ...")
     started = time.time()
     if args.model is None:
-        model = build_model(shape, dtype, device, args.seed)
-        inputs = make_batch(shape, args.batch, args.prompt_len, args.seed, device, dtype)
+        build = build_model if shape.family == "llava" else build_family_model
+        model = build(shape, dtype, device, args.seed)
+        inputs = shape_inputs(model, shape, args.batch, args, device, dtype)
     else:
         model, inputs = checkpoint_inputs(args.model, args.batch, device, dtype)
     _progress(f"built in {time.time() - started:.1f} s")
     baselines = BASELINES if "all" in args.baselines else tuple(args.baselines)
-    configs, skipped = runnable(configurations(args.budgets, args.versions, args.fastv_layer, baselines), model)
+    spec = arch.resolve(model)
+    n_visual = (
+        None
+        if spec.n_image_tokens
+        else int(
+            torch.isin(
+                inputs["input_ids"][0], torch.tensor(spec.visual_token_ids, device=inputs["input_ids"].device)
+            ).sum()
+        )
+    )
+    all_configs = configurations(args.budgets, args.versions, args.fastv_layer, baselines, tuple(args.positions))
+    configs, skipped = runnable(all_configs, model, n_visual)
     for line in skipped:
         _progress(line)
     runs = []

@@ -18,6 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
+from eval.judges import DEFAULT_MODEL, JUDGES
 from eval.registry import METHODS, describe, make_method
 from sparsevlm.arch import ATTENTION_IMPLEMENTATIONS
 from sparsevlm.methods.base import PruningMethod
@@ -54,9 +55,18 @@ ROOT_KEYS = {
     "budget_convention",
     "flops_reference",
     "flops_text_tokens",
+    "judge",
+    "video_data_dir",
 }
 MODEL_KEYS = {"name", "pretrained", "revision", "dtype", "attn_implementation", "device"}
-TASK_KEYS = {"name", "column", "lmms_tasks", "metrics", "combine", "scale", "include_path", "limit_multiple"}
+TASK_KEYS = {"name", "column", "lmms_tasks", "metrics", "combine", "scale", "include_path", "limit_multiple", "video"}
+VIDEO_KEYS = {"folder", "data_root", "first_n", "questions", "answers", "video_dir", "video_prefix"}
+JUDGE_KEYS = {
+    "none": {"name"},
+    "match": {"name"},
+    "gpt": {"name", "model", "base_url", "api_key_env", "temperature", "max_tokens", "timeout_s", "max_retries",
+            "backoff_s", "cache_dir"},
+}  # fmt: skip
 LOGGER_KEYS = {"name", "project", "entity", "mode", "tags"}
 METHOD_KEYS = {"name", "options"}
 
@@ -76,6 +86,44 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class VideoSpec:
+    """Where a video-QA task's files are and which of its questions a cell scores (eval/tasks/video_qa_utils.py)."""
+
+    folder: str  # the dataset's folder under video_data_dir (Video-LLaVA's names, e.g. MSVD_Zero_Shot_QA)
+    data_root: str | None = None  # the dataset folder itself; overrides video_data_dir/folder
+    first_n: int | None = None  # the first N questions in file order (the paper's protocol: 1000); null = all
+    questions: str | None = None  # file-name overrides of the task's layout (null: the task YAML's)
+    answers: str | None = None
+    video_dir: str | None = None
+    video_prefix: str | None = None
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    """How a video-QA cell's answers are judged (eval/judges.py); `none` for tasks that lmms-eval scores itself."""
+
+    name: str
+    model: str | None = None
+    base_url: str | None = None  # null: OPENAI_BASE_URL, else https://api.openai.com/v1
+    api_key_env: str | None = None  # the environment variable holding the key (never written to a record)
+    temperature: float | None = None  # null: not sent (the endpoint's default, as in the authors' script)
+    max_tokens: int | None = None
+    timeout_s: float = 60.0
+    max_retries: int = 5
+    backoff_s: float = 2.0
+    cache_dir: str | None = None
+
+    def options(self) -> dict[str, Any]:
+        """The `video_qa.judge` options of the lmms-eval task (eval.judges.make_judge)."""
+        return asdict(self) if self.name == "gpt" else {"name": self.name}
+
+    def identity(self) -> dict[str, Any]:
+        """What changes a judged result: the judge, its model, endpoint and sampling (not retries or the cache)."""
+        keys = ("name", "model", "base_url", "temperature", "max_tokens")
+        return {k: v for k, v in asdict(self).items() if k in keys}
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     name: str
     column: str
@@ -85,6 +133,7 @@ class TaskSpec:
     scale: float
     include_path: str | None
     limit_multiple: int = 1  # documents scored in groups (MME: question pairs); a limit must be a multiple of it
+    video: VideoSpec | None = None  # video-QA tasks only
 
 
 @dataclass(frozen=True)
@@ -112,6 +161,29 @@ class RunSpec:
     flops_reference: str = "sparsevlm"
     flops_text_tokens: int = 118
     retain_ratio: float | None = None  # a per-sample budget: round(ratio * the sample's visual tokens)
+    judge: JudgeSpec | None = None  # video-QA tasks only
+    video_data_dir: str | None = None  # the folder of the video datasets' folders (Video-LLaVA's GPT_Zero_Shot_QA)
+
+    @property
+    def video_root(self) -> Path | None:
+        """The video-QA task's data folder: task.video.data_root, else video_data_dir/task.video.folder."""
+        video = self.task.video
+        if video is None:
+            return None
+        if video.data_root:
+            return Path(video.data_root)
+        return Path(self.video_data_dir) / video.folder if self.video_data_dir else None
+
+    def video_qa_options(self) -> dict[str, Any]:
+        """The `video_qa` options handed to a video-QA lmms-eval task (eval/tasks/video_qa_utils.py)."""
+        video = self.task.video
+        layout = {k: getattr(video, k) for k in ("questions", "answers", "video_dir", "video_prefix")}
+        return {
+            "data_root": str(self.video_root),
+            "first_n": video.first_n,
+            "judge": self.judge.options(),
+            **{k: v for k, v in layout.items() if v is not None},
+        }
 
     def with_method(self, method: PruningMethod) -> RunSpec:
         """The same cell with another method object (a budget resolved to a convention)."""
@@ -132,27 +204,37 @@ class RunSpec:
             grid["retain_ratio"] = self.retain_ratio
         if self.budget_convention != "native":  # the budget the method ran with, resolved from the configured one
             grid |= {"budget_convention": self.budget_convention, "method_budget": self.method.budget}
+        if self.judge is not None:
+            grid["judge"] = self.judge.name
         return grid
 
     @property
     def run_id(self) -> str:
         """Readable and unique: grid keys plus a digest of everything that changes the result."""
+        task = asdict(self.task)
+        if self.task.video is None:
+            del task["video"]  # the identities of image cells stay what they were before video tasks existed
+        else:
+            del task["video"]["data_root"]  # where the data lies is not what is measured
         identity = {
             "model": asdict(self.model),
             "method": describe(self.method),
-            "task": asdict(self.task),
+            "task": task,
             "limit": self.limit,
             "batch_size": self.batch_size,
             "seed": self.seed,
         }
         if self.budget_convention != "native":
             identity["budget_convention"] = [self.budget_convention, self.flops_reference, self.flops_text_tokens]
+        if self.judge is not None:
+            identity["judge"] = self.judge.identity()
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
         label = self.method.name + (f"-v{self.grid['version']}" if self.grid["version"] else "")
         label += "-flops" if self.budget_convention == "flops" else ""
         budget = "full" if self.budget is None else f"b{self.budget}"
         budget = f"r{self.retain_ratio:g}" if self.retain_ratio is not None else budget
-        return f"{self.model.name}_{label}_{budget}_{self.task.name}_{digest}"
+        task = self.task.name + (f"-{self.judge.name}" if self.judge else "")
+        return f"{self.model.name}_{label}_{budget}_{task}_{digest}"
 
     @property
     def run_dir(self) -> Path:
@@ -259,6 +341,7 @@ def _task(cfg: DictConfig) -> TaskSpec:
     include = text("task.include_path", data.get("include_path"), nullable=True)
     if include is not None and not Path(include).is_dir():
         raise ConfigError(f"task.include_path: {include!r} is not a directory")
+    video = _video(data["video"]) if data.get("video") is not None else None
     return TaskSpec(
         name=name,
         column=text("task.column", data.get("column") or name),
@@ -268,6 +351,57 @@ def _task(cfg: DictConfig) -> TaskSpec:
         scale=number("task.scale", data.get("scale", 1), 1e-9, 1e9),
         include_path=include,
         limit_multiple=integer("task.limit_multiple", data.get("limit_multiple", 1), minimum=1),
+        video=video,
+    )
+
+
+def _video(data: Any) -> VideoSpec:
+    if not isinstance(data, dict):
+        raise ConfigError(f"task.video: expected a mapping (folder, data_root, first_n, ...), got {data!r}")
+    _unknown_keys("task.video", data, VIDEO_KEYS)
+    names = {k: text(f"task.video.{k}", data.get(k), nullable=True) for k in ("questions", "answers", "video_dir")}
+    prefix = data.get("video_prefix")
+    if prefix is not None and not isinstance(prefix, str):
+        raise ConfigError(f"task.video.video_prefix: expected a string or null, got {prefix!r}")
+    return VideoSpec(
+        folder=text("task.video.folder", data.get("folder")),
+        data_root=text("task.video.data_root", data.get("data_root"), nullable=True),
+        first_n=integer("task.video.first_n", data.get("first_n"), minimum=1, nullable=True),
+        video_prefix=prefix,
+        **names,
+    )
+
+
+def _judge(cfg: DictConfig, task: TaskSpec) -> JudgeSpec | None:
+    """The judge group: `none` for tasks lmms-eval scores itself, `gpt` or `match` for video-QA tasks."""
+    data = _container(cfg, "judge") if "judge" in cfg else {"name": "none"}
+    if not isinstance(data, dict):
+        raise ConfigError(f"judge: expected a judge config group, got {data!r}")
+    name = choice("judge", data.get("name"), ("none", *JUDGES))
+    _unknown_keys("judge", data, JUDGE_KEYS[name])
+    if task.video is None:
+        if name != "none":
+            raise ConfigError(f"judge: task {task.name} is scored by lmms-eval's own metrics; use judge=none")
+        return None
+    if name == "none":
+        raise ConfigError(f"judge: task {task.name} needs a judge; allowed: {', '.join(JUDGES)} (docs/video.md)")
+    if name == "match":
+        return JudgeSpec(name)
+    base_url = text("judge.base_url", data.get("base_url"), nullable=True)
+    if base_url is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", base_url):
+        raise ConfigError(f"judge.base_url: expected an http(s) URL such as http://127.0.0.1:8000/v1, got {base_url!r}")
+    temperature = data.get("temperature")
+    return JudgeSpec(
+        name=name,
+        model=text("judge.model", data.get("model", DEFAULT_MODEL)),
+        base_url=base_url,
+        api_key_env=text("judge.api_key_env", data.get("api_key_env"), nullable=True),
+        temperature=None if temperature is None else number("judge.temperature", temperature, 0.0, 2.0),
+        max_tokens=integer("judge.max_tokens", data.get("max_tokens"), minimum=1, nullable=True),
+        timeout_s=number("judge.timeout_s", data.get("timeout_s", 60), 0.001, 3600),
+        max_retries=integer("judge.max_retries", data.get("max_retries", 5), minimum=0),
+        backoff_s=number("judge.backoff_s", data.get("backoff_s", 2), 0.0, 600),
+        cache_dir=text("judge.cache_dir", data.get("cache_dir")),
     )
 
 
@@ -329,6 +463,7 @@ def spec_from_config(cfg: DictConfig) -> RunSpec:
             f"so limit must be a multiple of {task.limit_multiple}; got {limit}"
         )
     results_dir = Path(text("results_dir", cfg.get("results_dir")))
+    judge = _judge(cfg, task)
     spec = RunSpec(
         experiment=path_name("experiment_name", cfg.get("experiment_name")),
         model=model,
@@ -351,6 +486,8 @@ def spec_from_config(cfg: DictConfig) -> RunSpec:
         flops_reference=choice("flops_reference", cfg.get("flops_reference", "sparsevlm"), tuple(METHODS)),
         flops_text_tokens=integer("flops_text_tokens", cfg.get("flops_text_tokens", 118), minimum=0),
         retain_ratio=retain_ratio,
+        judge=judge,
+        video_data_dir=text("video_data_dir", cfg.get("video_data_dir"), nullable=True),
     )
     if spec.retain_ratio is not None and spec.budget_convention != "native":
         raise ConfigError(

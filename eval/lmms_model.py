@@ -26,8 +26,9 @@ from lmms_eval.models.model_utils.gen_metrics import log_metrics
 import sparsevlm
 from eval.config import ATTENTION, DTYPES, choice, integer
 from eval.registry import METHODS, make_method
+from eval.video import accepts_videos, read_frames, split_visuals
 from sparsevlm import PruningMethod, SampleTrace
-from sparsevlm.arch import FAMILIES, check_supported
+from sparsevlm.arch import FAMILIES, TowerWork, check_supported, tower_work
 from sparsevlm.flops import full_flops, paper_flops, scored_rows
 from sparsevlm.timing import GenerateTiming, timed_generate
 
@@ -216,30 +217,37 @@ class SparseVLMModel(lmms):
             torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------------------------------------ prompts
-    def build_prompt(self, context: str, n_images: int) -> str:
+    def build_prompt(self, context: str, n_images: int, n_videos: int = 0) -> str:
         """The prompt for one request: the chat template (style "auto") or a fixed LLaVA-1.5 layout (PROMPTS)."""
         if self.prompt == "auto" and getattr(self.processor, "chat_template", None):
-            content = [{"type": "image"}] * n_images + [{"type": "text", "text": context}]
+            content = [{"type": "video"}] * n_videos + [{"type": "image"}] * n_images
+            content.append({"type": "text", "text": context})
             return self.processor.apply_chat_template(
                 [{"role": "user", "content": content}], add_generation_prompt=True
             )
         template = PROMPTS["llava" if self.prompt == "auto" else self.prompt]
-        return template.format(images="<image>" * n_images + ("\n" if n_images else ""), context=context)
+        placeholders = "<video>" * n_videos + "<image>" * n_images
+        return template.format(images=placeholders + ("\n" if placeholders else ""), context=context)
 
     def _visuals(self, doc_to_visual: Callable | None, task: str, split: str, doc_id: int) -> list:
-        """The request's images; one-line errors for what the engine cannot prune (videos, several images)."""
+        """The request's image or video (eval.video.VideoFrames: a path decoded to Video-LLaVA's 8 frames); one-line
+        errors for what the engine cannot prune (several visuals, a video for an image-only processor)."""
         if doc_to_visual is None:
             return []
         visuals = [v for v in (doc_to_visual(self.task_dict[task][split][doc_id]) or []) if v is not None]
-        if any(isinstance(v, str) for v in visuals):
-            raise ValueError(f"{task}: video/audio inputs are not supported by the sparsevlm model (image LLaVA)")
         if len(visuals) > 1:
-            raise ValueError(f"{task}: {len(visuals)} images in one prompt; the engine prunes one image per prompt")
+            raise ValueError(f"{task}: {len(visuals)} visuals in one prompt; the engine prunes one per prompt")
+        if visuals and isinstance(visuals[0], str):
+            if not accepts_videos(self.processor):
+                raise ValueError(f"{task}: a video needs a video model (Video-LLaVA); this processor takes images")
+            return [read_frames(visuals[0])]
         return [v.convert("RGB") for v in visuals]
 
     def _inputs(self, prompts: list[str], images: list) -> dict[str, torch.Tensor]:
         """Left-padded processor inputs on the model's device, pixel values in the model's dtype."""
-        inputs = self.processor(images=images or None, text=prompts, return_tensors="pt", padding=True)
+        images, videos = split_visuals(images)
+        extra = {"videos": videos} if videos else {}  # only video processors take `videos`
+        inputs = self.processor(images=images or None, text=prompts, return_tensors="pt", padding=True, **extra)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         for key in [k for k in inputs if k.startswith("pixel_values")]:  # images, Video-LLaVA's images and videos
             inputs[key] = inputs[key].to(self.model.dtype)
@@ -255,6 +263,7 @@ class SparseVLMModel(lmms):
         output_tokens: int,
         times: dict[str, float | None],
         batch: int,
+        tower: TowerWork | None = None,
     ) -> dict[str, Any]:
         """One per-request efficiency row, appended to self.efficiency_records.
 
@@ -276,7 +285,9 @@ class SparseVLMModel(lmms):
             "output_tokens": output_tokens,
             "tflops_paper": paper_flops(self.model.config, sample) / 1e12 if sample else None,
             "tflops_full": (
-                full_flops(self.model.config, sample, scored_rows(self.method, sample)).total / 1e12 if sample else None
+                full_flops(self.model.config, sample, scored_rows(self.method, sample), tower).total / 1e12
+                if sample
+                else None
             ),
             **times,
             "batch_size": batch,
@@ -348,8 +359,9 @@ class SparseVLMModel(lmms):
                     except Exception as err:
                         out[i] = self._failed(task, doc_id, err)
                         continue
-                    item = (i, self.build_prompt(context, len(images)), dict(gen_kwargs or {}), images, doc_id, task)
-                    prepared.setdefault(len(images), []).append(item)
+                    counts = tuple(map(len, split_visuals(images)))  # (images, videos): one batch holds one kind
+                    item = (i, self.build_prompt(context, *counts), dict(gen_kwargs or {}), images, doc_id, task)
+                    prepared.setdefault(counts, []).append(item)
                 for batch in prepared.values():
                     for item, result in zip(batch, self._generate_isolated([b[1:] for b in batch]), strict=True):
                         out[item[0]] = result
@@ -408,6 +420,7 @@ class SparseVLMModel(lmms):
         config, until = self._gen_config(batch[0][1])
         inputs = self._inputs(prompts, images)
         width = inputs["input_ids"].shape[1]
+        towers = tower_work(self.model.config, inputs)
         timing, trace, generated = timed_generate(self.model, inputs, self.method, **config)
         elapsed = timing.e2e_s
         times = _times(timing)
@@ -422,8 +435,9 @@ class SparseVLMModel(lmms):
             for stop in until:
                 text = text.split(stop)[0]
             text = text.strip()
+            prompt_tokens = int(inputs["attention_mask"][row].sum())
             record = self._record(
-                task, doc_id, samples[row], int(inputs["attention_mask"][row].sum()), len(tokens), times, len(batch)
+                task, doc_id, samples[row], prompt_tokens, len(tokens), times, len(batch), towers[row]
             )
             rows.append(record)
             counts = TokenCounts(input_tokens=self._input_tokens(record), output_tokens=len(tokens))
@@ -452,7 +466,7 @@ class SparseVLMModel(lmms):
         if isinstance(continuation, list):
             continuation = continuation[0]
         images = self._visuals(doc_to_visual, task, split, doc_id)
-        prompt = self.build_prompt(context, len(images))
+        prompt = self.build_prompt(context, *map(len, split_visuals(images)))
         full = prompt + (continuation if continuation[:1].isspace() else " " + continuation)
         n_prompt = self._inputs([prompt], images)["input_ids"].shape[1]
         inputs = self._inputs([full], images)
@@ -470,7 +484,8 @@ class SparseVLMModel(lmms):
         total = float(logprobs.gather(1, target[:, None]).sum())
         greedy = bool((logprobs.argmax(dim=-1) == target).all())
         times = {"e2e_ms": elapsed * 1000.0}  # a single forward: no prefill/decode split
-        row = self._record(task, doc_id, self._samples(trace, 1)[0], inputs["input_ids"].shape[1], 0, times, 1)
+        (tower,) = tower_work(self.model.config, inputs)
+        row = self._record(task, doc_id, self._samples(trace, 1)[0], inputs["input_ids"].shape[1], 0, times, 1, tower)
         self._log([row], elapsed)
         self.cache_hook.add_partial("loglikelihood", (context, continuation), (total, greedy))
         return total, greedy

@@ -5,6 +5,8 @@ All are fast (no torch, no transformers, no lmms_eval import) and raise ConfigEr
   weight files (sizes checked against the safetensors headers); a hub id is in the local cache or the hub answers;
 - the runtime: the device exists (CUDA probed through the driver library), the attention kernel is importable;
 - the tasks: every lmms-eval task exists in the runner's search roots and declares the configured metrics;
+- video-QA data and judge: the data folder holds the task's question and answer files and its video folder; an
+  OpenAI judge has its key in the environment;
 - the method: fits the model's depth and heads, and its budget is below the model's visual token count (a budget at
   or above it would record an unpruned run under a budget label), unless allow_unpruned is set.
 """
@@ -24,7 +26,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from eval.config import ConfigError, RunSpec
-from eval.task_index import find_task
+from eval.judges import DEFAULT_BASE_URL
+from eval.task_index import find_task, task_config
 from sparsevlm.arch import (
     FAMILIES,
     check_hook_points,
@@ -244,6 +247,44 @@ def check_tasks(spec: RunSpec) -> None:
                 )
 
 
+def check_video_data(spec: RunSpec) -> None:
+    """A video-QA cell's data folder holds its tasks' question and answer files and video folder (docs/video.md)."""
+    video = spec.task.video
+    if video is None:
+        return
+    where = "task.video.data_root" if video.data_root else "video_data_dir"
+    root = spec.video_root
+    if root is None:
+        raise ConfigError(
+            f"video_data_dir: missing; the folder holding {video.folder}/ (Video-LLaVA's eval/GPT_Zero_Shot_QA, "
+            "docs/video.md), or set task.video.data_root"
+        )
+    if not root.is_dir():
+        raise ConfigError(f"{where}: {root} is not a directory (expected {video.folder}/, as Video-LLaVA ships it)")
+    overrides = {k: getattr(video, k) for k in ("questions", "answers", "video_dir") if getattr(video, k) is not None}
+    for name in spec.task.lmms_tasks:
+        layout = {**(task_config(name, spec.task.include_path).get("video_layout") or {}), **overrides}
+        for key in ("questions", "answers"):
+            if layout.get(key) and not (root / layout[key]).is_file():
+                raise ConfigError(f"{where}: {root} has no {layout[key]} (the {key} of {name}; docs/video.md)")
+        if not (root / layout["video_dir"]).is_dir():
+            raise ConfigError(f"{where}: {root} has no video folder {layout['video_dir']}/ ({name}; docs/video.md)")
+
+
+def check_judge(spec: RunSpec) -> None:
+    """An OpenAI-hosted GPT judge has its API key in the environment (other endpoints may need none)."""
+    judge = spec.judge
+    if judge is None or judge.name != "gpt":
+        return
+    base_url = judge.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    key_env = judge.api_key_env or "OPENAI_API_KEY"
+    if urlparse(base_url).hostname == urlparse(DEFAULT_BASE_URL).hostname and not os.environ.get(key_env):
+        raise ConfigError(
+            f"judge.api_key_env: {key_env} is not set, and the judge at {base_url} needs a key "
+            "(or point judge.base_url at a local OpenAI-compatible server, or use judge=match offline)"
+        )
+
+
 def check_method(spec: RunSpec, facts: ModelFacts) -> None:
     """The method fits the model, and its budget prunes something (unless allow_unpruned)."""
     where = f"({spec.model.pretrained}: {facts.n_layers} layers, {facts.n_visual} visual tokens)"
@@ -296,6 +337,8 @@ def preflight(spec: RunSpec, check_device: bool = True) -> tuple[str, RunSpec]:
     """
     device = check_runtime(spec) if check_device else spec.model.device
     check_tasks(spec)
+    check_video_data(spec)
+    check_judge(spec)
     facts = model_facts(spec.model.pretrained, spec.model.revision)
     spec = resolve_budget(spec, facts)
     check_method(spec, facts)

@@ -26,6 +26,8 @@ from eval.registry import METHODS
 METHOD_ORDER = tuple(METHODS)  # rows of one budget in registration order: dense, sparsevlm, fastv, random, the zoo
 COLUMN_ORDER = ("GQA", "MMB", "MME", "POPE", "SQA", "VQAv2", "TextVQA", "SEED", "MM-Vet")  # the papers' Table 1
 REFERENCE_CSV = Path(__file__).resolve().parents[1] / "results" / "reference" / "table1.csv"
+VIDEO_REFERENCE_CSV = REFERENCE_CSV.with_name("video.csv")
+NOT_COMPARABLE = " (match, not comparable to the paper)"  # the column suffix of every match-judged video cell
 TOKEN_TOLERANCE = 0.02  # a row whose measured equivalent tokens differ from its budget by more is flagged
 Z95 = 1.96  # the plot's error bars: a normal 95 % interval, value +- Z95 standard errors
 GFLOPS_BELOW_TFLOPS = 0.1  # below 0.1 TFLOPs per sample (small models) FLOPs are shown in GFLOPs
@@ -84,7 +86,7 @@ def _row_label(
 ) -> str:
     """'sparsevlm-v1.5', 'fastv', 'divprune-flops' (a FLOPs-matched cell: its budget is the reference's),
     'fastv-r0.111' (a cell budgeted per sample as a share of its visual tokens)."""
-    label = f"{method}-v{version}" if method == "sparsevlm" and version else method
+    label = f"{method}-{'' if version == 'video' else 'v'}{version}" if method == "sparsevlm" and version else method
     label = f"{label}-{convention}" if convention and convention != "native" else label
     return f"{label}-r{retain_ratio:g}" if retain_ratio is not None else label
 
@@ -104,6 +106,9 @@ def _row(data: dict) -> dict:
     per_sample = eff.get("kv_cache_mb_per_sample")
     if per_sample is None and eff.get("kv_cache_mb") is not None and batch:  # older records: whole batches
         per_sample = eff["kv_cache_mb"] / batch
+    judge = grid.get("judge")
+    column = config_task.get("column") or primary.get("column") or grid["task"]
+    scores = [m["score"] for m in (data.get("metrics") or {}).values() if _number(m.get("score")) is not None]
     return {
         "run_id": data["run_id"],
         "model": grid["model"],
@@ -112,9 +117,12 @@ def _row(data: dict) -> dict:
         "budget": grid.get("budget"),
         "method_budget": grid.get("method_budget", grid.get("budget")),  # what ran: differs in a FLOPs-matched cell
         "task": grid["task"],
-        # the column comes from the cell's config, so a failed record (no primary) still names its column
-        "column": config_task.get("column") or primary.get("column") or grid["task"],
+        # the column comes from the cell's config, so a failed record (no primary) still names its column; a
+        # match-judged video cell's column says it is not the paper's metric, so the two judges never share one
+        "column": column + (NOT_COMPARABLE if judge == "match" else ""),
         "value": primary.get("value"),
+        "judge": judge,
+        "score": sum(scores) / len(scores) if scores else None,  # the GPT judge's mean 0-5 score (video QA)
         "stderr": _number(primary.get("stderr")),
         "stderr_missing": tuple(primary.get("stderr_missing") or ()),
         "missing_metrics": tuple(primary.get("missing") or ()),
@@ -364,6 +372,42 @@ def table1_errors(collection: Collection, table: pd.DataFrame, timing: Timing | 
         for bound in ("min", "max"):
             out[f"Prefill {timing.unit} {bound}"] = timing.frame[f"prefill {bound}"].reindex(table.index)
     return out
+
+
+def video_table(collection: Collection) -> pd.DataFrame:
+    """The paper's video table: per dataset accuracy (%) and the GPT judge's score (0-5), Avg % of dense accuracy,
+    FLOPs, the single-pass prefill time and the equivalent tokens. Video cells only (those with a judge)."""
+    cells = _with_labels(collection.cells[collection.cells.judge.notna()])
+    labels = _sorted_labels(cells)
+    columns = list(dict.fromkeys(cells.column))
+    table = pd.DataFrame(index=labels)
+    accuracy = cells.pivot_table(index="label", columns="column", values="value", aggfunc="last").reindex(labels)
+    score = cells.pivot_table(index="label", columns="column", values="score", aggfunc="last", dropna=False)
+    for column in columns:
+        table[f"{column} Acc"] = accuracy.get(column)
+        table[f"{column} Score"] = score.reindex(labels).get(column)
+    if "dense" in accuracy.index:  # over the datasets dense has (a match-judged column compares with a match dense)
+        judged = [c for c in columns if pd.notna(accuracy.loc["dense", c])]
+        table["Avg %"] = (accuracy[judged].div(accuracy.loc["dense", judged]) * 100).mean(axis=1, skipna=False)
+    else:
+        table["Avg %"] = float("nan")
+    unit, factor = flops_unit(collection)
+    effic = cells.groupby("label")[["tflops_paper", "prefill_ms_median", "equivalent_tokens"]].mean().reindex(labels)
+    table[unit] = effic.tflops_paper * factor
+    table["Prefill ms (1 pass)"] = effic.prefill_ms_median
+    table["Tokens"] = effic.equivalent_tokens
+    table.index.name = "method"
+    return table
+
+
+def video_reference_rows(table: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+    """Every published row of the reference, in the table's columns, labelled with its source (side by side with
+    ours; no deltas, since the published rows do not all say at which budget they were measured)."""
+    rows = []
+    for (row, source), published in reference.groupby(["row", "source"], sort=False):
+        values = published.set_index("column")["value"].reindex(table.columns)
+        rows.append(values.rename(f"{row} (published: {source})"))
+    return pd.DataFrame(rows, columns=table.columns).rename_axis("method")
 
 
 def efficiency_table(collection: Collection, timing: Timing | None = None) -> pd.DataFrame:
@@ -686,6 +730,7 @@ def write_reports(
 ) -> dict[str, Path]:
     """Table 1 (md/csv/tex), efficiency table (md/csv), Pareto PNG, and a list of failed/missing cells."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    published_asked = reference is not None
     if reference is not None:
         reference, warning = reference_for(collection, reference)
         if warning:
@@ -726,6 +771,29 @@ def write_reports(
     eff.join(eff_errors).to_csv(paths["efficiency.csv"])
     title = plot_title(collection, [c for c in main.columns if c in set(collection.cells.column)])
     pareto_plot(main, paths["pareto.png"], errors, title, unit)
+    if collection.cells.judge.notna().any():
+        paths.update(_write_video_table(collection, out_dir, published_asked))
+    return paths
+
+
+def _write_video_table(collection: Collection, out_dir: Path, with_reference: bool) -> dict[str, Path]:
+    """video.md / video.csv: the video table, the published video rows under it when asked (same model only)."""
+    renamed = shown_labels(collection)
+    shown = video_table(collection).rename(index=renamed)
+    notes = {(renamed.get(label, label), f"{col} Acc"): note for (label, col), note in cell_notes(collection).items()}
+    if with_reference:
+        published, warning = reference_for(collection, load_reference(VIDEO_REFERENCE_CSV))
+        if warning:
+            collection.warnings.append(warning.replace("published reference rows", "published video rows"))
+        else:
+            shown = pd.concat([shown, video_reference_rows(shown, published)])
+    legend = (
+        "\nAcc: % of answers the judge calls correct; Score: the GPT judge's mean 0-5 score (Video-ChatGPT protocol). "
+        f"Columns marked{NOT_COMPARABLE} use the offline match judge instead. Avg %: accuracy as % of dense.\n"
+    )
+    paths = {"video.md": out_dir / "video.md", "video.csv": out_dir / "video.csv"}
+    paths["video.md"].write_text(to_markdown(shown, Marks(notes)) + legend + _problems(collection))
+    shown.to_csv(paths["video.csv"])
     return paths
 
 

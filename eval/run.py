@@ -204,6 +204,9 @@ def _sample_rows(samples: dict[str, list[dict]], efficiency: list[dict], guard: 
                 continue
             resps = item.get("filtered_resps") or item.get("resps") or [None]
             row = {"task": task, "doc_id": key[1], "status": "ok", "prediction": resps[0], "target": item.get("target")}
+            judged = [v["judge"] for v in item.values() if isinstance(v, dict) and isinstance(v.get("judge"), dict)]
+            if judged:  # a judged answer (video QA): which judge, its model and its raw reply
+                row["judge"] = judged[0]
             if key in guard.warnings:
                 row["warnings"] = guard.warnings[key]
             row.update({k: v for k, v in by_doc.get(key, {}).items() if k not in row})
@@ -228,8 +231,10 @@ def evaluate(spec: RunSpec, device: str, guard: Any) -> tuple[dict[str, Any], di
     manager = TaskManager(include_path=include, include_defaults=include is None)
     tasks = {}
     for name in spec.task.lmms_tasks:
+        # a video-QA task takes the cell's data folder, protocol and judge as task options (video_qa_utils.py)
+        request = {"task": name, "video_qa": spec.video_qa_options()} if spec.task.video else name
         try:
-            loaded = get_task_dict([name], manager, "simple")
+            loaded = get_task_dict([request], manager, "simple")
         except Exception as err:
             cause = err.last_attempt.exception() if hasattr(err, "last_attempt") else err  # tenacity.RetryError
             raise RuntimeError(f"task {name}: cannot load its dataset: {type(cause).__name__}: {cause}") from cause

@@ -87,3 +87,8 @@ def find_task(name: str, include_path: str | None) -> TaskEntry:
     if isinstance(metric_list, list):
         metrics = tuple(str(m.get("metric")) for m in metric_list if isinstance(m, dict) and m.get("metric"))
     return TaskEntry(name=name, path=tasks[name], metrics=metrics)
+
+
+def task_config(name: str, include_path: str | None) -> dict:
+    """The task's YAML with its `include:` chain merged (`!function` values read as None)."""
+    return _load(find_task(name, include_path).path)

@@ -161,6 +161,103 @@ def text_config_of(config: dict[str, Any]) -> dict[str, Any]:
     return {**text, "model_type": (config.get("text_config") or {}).get("model_type", default_type)}
 
 
+@dataclass(frozen=True)
+class TowerWork:
+    """What one sample's vision tower ran on, for the FLOPs count (sparsevlm.flops.vision_flops)."""
+
+    passes: int  # CLIP/SigLIP tower passes: 1 per image, per video frame, per anyres crop (the base image included)
+    projector_rows: int  # rows the projector maps (LLaVA-NeXT/OneVision: every crop's patches, before unpadding)
+    grids: tuple[tuple[int, int, int], ...] = ()  # Qwen2.5-VL: the (t, h, w) patch grid of each image or video
+
+
+def _vit_tokens(config: Any) -> tuple[int, bool]:
+    """(patch tokens of one tower pass, whether the tower adds a CLS token) of a CLIP/SigLIP-tower config."""
+    vision = config.vision_config
+    return (vision.image_size // vision.patch_size) ** 2, vision.model_type == "clip_vision_model"
+
+
+def fixed_tower_work(config: Any, n_visual: int) -> TowerWork:
+    """The tower's work behind n_visual tokens where the family fixes it: LLaVA-1.5's one image, Video-LLaVA's image
+    (CLS dropped) or video (every frame's CLS kept); a one-line ValueError for families whose work varies per input."""
+    mm_type = config.model_type
+    if mm_type not in ("llava", "video_llava"):
+        raise ValueError(
+            f"tower: {mm_type}'s vision work depends on the input (anyres crops, image resolution); pass "
+            "tower=sparsevlm.arch.tower_work(model.config, inputs)[row]"
+        )
+    patches, cls = _vit_tokens(config)
+    if mm_type == "llava" or n_visual == patches:
+        return TowerWork(passes=1, projector_rows=n_visual)
+    frames, rest = divmod(n_visual, patches + cls)
+    if rest:
+        raise ValueError(f"n_visual: {n_visual} is neither an image ({patches}) nor whole frames of {patches + cls}")
+    return TowerWork(passes=frames, projector_rows=n_visual)
+
+
+def tower_work(config: Any, inputs: dict[str, Any]) -> list[TowerWork]:
+    """Per batch row, the vision tower's work on these model inputs (images and videos are assigned to rows in order,
+    one per visual span of the row's input_ids)."""
+    return _per_row(_input_work(config, inputs), _spans_per_row(config, inputs["input_ids"]))
+
+
+def _input_work(config: Any, inputs: dict[str, Any]) -> list[TowerWork]:
+    """The tower's work on each image or video of the inputs, in order."""
+    mm_type = config.model_type
+    if mm_type == "qwen2_5_vl":
+        merge = config.vision_config.spatial_merge_size
+        grids = inputs.get("image_grid_thw")
+        grids = inputs.get("video_grid_thw") if grids is None else grids
+        return [
+            TowerWork(1, int(grid.prod()) // merge**2, (tuple(grid.tolist()),))
+            for grid in ([] if grids is None else grids)
+        ]
+    patches, cls = _vit_tokens(config)
+    keep_cls = cls and config.vision_feature_select_strategy == "full"
+    videos = inputs.get("pixel_values_videos")
+    if videos is not None:  # Video-LLaVA keeps every frame's CLS token
+        frames = videos.shape[1]
+        return [TowerWork(frames, frames * (patches + (cls if mm_type == "video_llava" else keep_cls)))] * len(videos)
+    if mm_type in VARIABLE_CROPS:
+        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+        crops = [
+            image_size_to_num_patches(size.tolist(), config.image_grid_pinpoints, config.vision_config.image_size)
+            for size in inputs.get("image_sizes", [])
+        ]
+        return [TowerWork(n, n * (patches + keep_cls)) for n in crops]
+    images = inputs.get("pixel_values", inputs.get("pixel_values_images"))
+    return [TowerWork(1, patches + keep_cls)] * (0 if images is None else len(images))
+
+
+def _spans_per_row(config: Any, input_ids: Any) -> list[int]:
+    """Runs of visual placeholder tokens in each row (one per image or video)."""
+    import torch
+
+    family = FAMILIES[config.model_type]
+    ids = torch.tensor([getattr(config, name) for name in family.visual_token_fields], device=input_ids.device)
+    visual = torch.isin(input_ids, ids).int()
+    starts = visual[:, 1:] > visual[:, :-1]
+    return (starts.sum(dim=1) + visual[:, 0]).tolist()
+
+
+def _per_row(works: list[TowerWork], spans: list[int]) -> list[TowerWork]:
+    """Sum consecutive works into rows of `spans` works each."""
+    if sum(spans) != len(works):
+        raise ValueError(f"inputs: {sum(spans)} visual spans in input_ids but {len(works)} images or videos")
+    rows, at = [], 0
+    for count in spans:
+        group = works[at : at + count]
+        at += count
+        rows.append(
+            TowerWork(
+                sum(w.passes for w in group),
+                sum(w.projector_rows for w in group),
+                tuple(grid for w in group for grid in w.grids),
+            )
+        )
+    return rows
+
+
 def _rope_function(text_type: str) -> Callable:
     module, name = ROPE_FUNCTIONS[text_type].split(":")
     return getattr(importlib.import_module(module), name)

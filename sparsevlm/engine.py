@@ -53,9 +53,8 @@ class _Prefill:
     positions: torch.Tensor  # [R, B, L] position rows of the current tokens (ArchSpec.position_rows)
     valid: torch.Tensor  # [B, L] bool, False for padding
     origin: torch.Tensor  # [B, L] index into the prefill input row; -1 for recycled tokens
-    vis_start: list[int]
-    vis_len: list[int]
-    raters: list[torch.Tensor | None]  # per sample, relative to the first token after the visual block
+    vis: list[torch.Tensor]  # per sample: indices of its visual tokens in the current sequence (one or several spans)
+    raters: list[torch.Tensor | None]  # per sample, relative to the first token after its last visual token
     generators: list[torch.Generator]
     samples: list[SampleTrace]
     hf_mask_present: bool
@@ -321,7 +320,7 @@ class _Engine:
             if mask2d is not None and mask2d.dim() == 2
             else torch.ones(batch, length, dtype=torch.bool, device=device)
         )
-        plans, vis_start, vis_len, raters, generators, samples = [], [], [], [], [], []
+        plans, vis, raters, generators, samples = [], [], [], [], []
         n_layers = self.arch.n_layers
         visual_mask = self._visual_mask(input_ids)
         for row in range(batch):
@@ -329,13 +328,13 @@ class _Engine:
             if where.numel() == 0:
                 raise ValueError(
                     f"input_ids: sample {row} of the batch has no visual tokens (ids {self.arch.visual_token_ids}); "
-                    "every sample needs one image or video"
+                    "every sample needs an image or a video"
                 )
-            start, count = int(where[0]), where.numel()
-            if int(where[-1]) - start + 1 != count:
+            start, count, end = int(where[0]), where.numel(), int(where[-1]) + 1
+            if end - start != count and self.arch.projector is not None and self.method.hook == "vision":
                 raise ValueError(
-                    f"input_ids: sample {row} has several visual blocks separated by text; one contiguous image or "
-                    "video per sample is supported"
+                    f"input_ids: sample {row} has several images; {self.method.name} decides per image on the vision "
+                    "tower, one image per sample"
                 )
             if not bool(valid[row, start:].all()):
                 raise ValueError("attention_mask: padding after the image; pad on the left (padding_side='left')")
@@ -348,12 +347,9 @@ class _Engine:
                 raise AssertionError(f"{self.method.name}: plan layers {plan.prune_layers} != {self.prune_layers}")
             rater = None
             if plan.score_rows == "raters":
-                rater = select_raters(
-                    embeds[row, start : start + count], embeds[row, start + count :], plan.raters, plan.rater_dtype
-                )
+                rater = select_raters(embeds[row, where], embeds[row, end:], plan.raters, plan.rater_dtype)
             plans.append(plan)
-            vis_start.append(start)
-            vis_len.append(count)
+            vis.append(where)
             raters.append(rater)
             generators.append(_sample_generator(plan, input_ids[row][valid[row]], device))
             samples.append(
@@ -364,9 +360,9 @@ class _Engine:
                     tokens_in=[],
                     visual_in=[],
                     visual_out=[],
-                    raters=[] if rater is None else (rater + start + count).tolist(),
+                    raters=[] if rater is None else (rater + end).tolist(),
                     image_start=start,
-                    text_tokens=length - start - count,
+                    text_tokens=length - end,
                 )
             )
         counts = valid.sum(dim=1)
@@ -376,8 +372,7 @@ class _Engine:
             positions=self.arch.position_rows(position_ids, batch, length, 0, device),
             valid=valid,
             origin=torch.arange(length, device=device).expand(batch, length).clone(),
-            vis_start=vis_start,
-            vis_len=vis_len,
+            vis=vis,
             raters=raters,
             generators=generators,
             samples=samples,
@@ -392,7 +387,7 @@ class _Engine:
         state = self._state
         if isinstance(state, _Prefill):  # no host sync here: counts are read once, at the end of the prefill
             for row, sample in enumerate(state.samples):
-                sample.visual_in.append(state.vis_len[row])
+                sample.visual_in.append(state.vis[row].numel())
             state.segments.append(state.segment)
             if state.changed:
                 kwargs["attention_mask"] = state.mask
@@ -438,21 +433,23 @@ class _Engine:
         cos, sin = state.layer_rotary
         return (cos[row], sin[row]) if cos.shape[0] > 1 else (cos[0], sin[0])
 
-    def _keys(self, state: _Prefill, row: int, start: int) -> torch.Tensor:
-        """[Nv + Nt, Hkv * d] the pruning layer's keys of one sample after RoPE, from the visual block on."""
+    def _keys(self, state: _Prefill, row: int) -> torch.Tensor:
+        """[Nv + Nt, Hkv * d] the pruning layer's keys of one sample after RoPE: its visual tokens, then the text."""
+        vis = state.vis[row]
         cos, sin = self._row_rotary(state, row)
-        key = state.captured["key"][row][start:]
+        index = torch.cat([vis, torch.arange(int(vis[-1]) + 1, cos.shape[0], device=vis.device)])
+        key = state.captured["key"][row][index]
         heads = key.view(key.shape[0], -1, self.arch.head_dim).transpose(0, 1)  # [Hkv, L', d]
-        rotated, _ = self.arch.apply_rope(heads, heads, cos[start:], sin[start:], unsqueeze_dim=0)
+        rotated, _ = self.arch.apply_rope(heads, heads, cos[index], sin[index], unsqueeze_dim=0)
         return rotated.transpose(0, 1).reshape(key.shape[0], -1)
 
     def _score(self, state: _Prefill, row: int, plan: Plan, hidden: torch.Tensor, index: int) -> torch.Tensor | None:
         """[H, R, Nv] attention of the score rows over the current visual block of one sample."""
         if plan.score_rows is None:
             return None
-        start, count = state.vis_start[row], state.vis_len[row]
+        vis = state.vis[row]
         if plan.score_rows == "raters":
-            rows = state.raters[row].to(hidden.device) + start + count
+            rows = state.raters[row].to(hidden.device) + int(vis[-1]) + 1
         else:
             rows = torch.tensor([hidden.shape[1] - 1], device=hidden.device)
         query, key = state.captured["query"][row], state.captured["key"][row]
@@ -468,11 +465,11 @@ class _Engine:
             state.valid[row],
             self.arch.apply_rope,
             self.arch.scaling,
-        )[:, :, start : start + count]
+        )[:, :, vis]
         if plan.gravity:
             prior = gravity(  # 1-D positions only (check)
                 state.positions[0, row, rows],
-                state.positions[0, row, start : start + count],
+                state.positions[0, row, vis],
                 self.arch.rotary.inv_freq,
                 self.arch.head_dim,
                 getattr(self.arch.rotary, "attention_scaling", 1.0),
@@ -480,7 +477,7 @@ class _Engine:
             if bool((prior <= 0).any()):
                 raise ValueError(
                     f"gravity: the RoPE distance prior is <= 0 at distances up to "
-                    f"{int(state.positions[0, row, rows].max() - state.positions[0, row, start])} (head_dim="
+                    f"{int(state.positions[0, row, rows].max() - state.positions[0, row, vis[0]])} (head_dim="
                     f"{self.arch.head_dim}); SparseVLM+'s correction is undefined this far, use gravity=False"
                 )
             probs = probs / prior
@@ -499,9 +496,10 @@ class _Engine:
             if index not in plan.prune_layers:
                 decisions.append(None)
                 continue
-            start, count = state.vis_start[row], state.vis_len[row]
+            vis = state.vis[row]
+            start, count, end = int(vis[0]), vis.numel(), int(vis[-1]) + 1
             stage = plan.prune_layers.index(index)
-            visual = hidden[row, start : start + count]
+            visual = hidden[row, vis]
             if index == BEFORE_LLM and self._vision_decisions:  # decided on the vision tower (_on_projector)
                 decision, n_real = self._vision_decisions[row]
                 decisions.append(StageDecision(kept=torch.arange(n_real, device=visual.device)))
@@ -513,9 +511,9 @@ class _Engine:
                 visual,
                 self._score(state, row, plan, hidden, index),
                 state.generators[row],
-                text=hidden[row, start + count :] if "text" in plan.needs else None,
-                grid=_square_grid(count) if not state.samples[row].stages else None,
-                keys=self._keys(state, row, start) if "keys" in plan.needs else None,
+                text=hidden[row, end:] if "text" in plan.needs else None,
+                grid=_square_grid(count) if not state.samples[row].stages and end - start == count else None,
+                keys=self._keys(state, row) if "keys" in plan.needs else None,
                 final_norm=self.arch.text_model.norm if "final_norm" in plan.needs else None,
                 image_start=start - int((~state.valid[row, :start]).sum()),
             )
@@ -535,7 +533,7 @@ class _Engine:
     @staticmethod
     def _record(state: _Prefill, row: int, index: int, count: int, decision: StageDecision) -> None:
         """Append one decision to the sample's trace (kept tokens also as indices into the prompt)."""
-        origin = state.origin[row, state.vis_start[row] : state.vis_start[row] + count]
+        origin = state.origin[row, state.vis[row]]
         state.samples[row].stages.append(
             StageRecord(
                 layer=index,
@@ -548,7 +546,8 @@ class _Engine:
         )
 
     def _rebuild(self, state: _Prefill, hidden: torch.Tensor, decisions: list[StageDecision | None]) -> torch.Tensor:
-        """New hidden states [pad | pre | kept | recycled | text] per sample, left-padded to a common length."""
+        """New hidden states [pad | pre and kept, in order | recycled | text] per sample, left-padded to a common length
+        (recycled tokens follow the last visual token; text between images stays in place)."""
         batch, length, dim = hidden.shape
         device = hidden.device
         n_merged = [0 if d is None or d.merged is None else d.merged.shape[0] for d in decisions]
@@ -556,28 +555,21 @@ class _Engine:
         merged = hidden.new_zeros(batch, extra, dim)
         n_rows = state.positions.shape[0]
         merged_pos = torch.zeros(n_rows, batch, extra, dtype=state.positions.dtype, device=device)
-        rows_index = []
+        rows_index, rows_visual = [], []
         for row, decision in enumerate(decisions):
-            start, count = state.vis_start[row], state.vis_len[row]
-            if decision is None:
-                kept = torch.arange(count, device=device)
-            else:
-                kept = decision.kept.to(device)
+            vis = state.vis[row]
+            end = int(vis[-1]) + 1
+            kept = vis if decision is None else vis[decision.kept.to(device)]
             if n_merged[row]:
                 merged[row, : n_merged[row]] = decision.merged
                 centres = torch.tensor([g[0] for g in decision.merged_groups], device=device)  # best-scored member
-                merged_pos[:, row, : n_merged[row]] = state.positions[:, row, start + centres]
-            rows_index.append(
-                torch.cat(
-                    [
-                        torch.arange(start, device=device),
-                        start + kept,
-                        length + torch.arange(n_merged[row], device=device),
-                        torch.arange(start + count, length, device=device),
-                    ]
-                )
-            )
-            state.vis_len[row] = kept.numel() + n_merged[row]
+                merged_pos[:, row, : n_merged[row]] = state.positions[:, row, vis[centres]]
+            before = torch.ones(end, dtype=torch.bool, device=device)
+            before[vis] = False
+            head = torch.cat([before.nonzero().squeeze(1), kept]).sort().values
+            recycled = length + torch.arange(n_merged[row], device=device)
+            rows_index.append(torch.cat([head, recycled, torch.arange(end, length, device=device)]))
+            rows_visual.append(torch.cat([torch.isin(head, kept), torch.ones_like(recycled, dtype=torch.bool)]))
         new_length = max(r.numel() for r in rows_index)
         index = torch.zeros(batch, new_length, dtype=torch.long, device=device)
         is_pad = torch.ones(batch, new_length, dtype=torch.bool, device=device)
@@ -585,7 +577,7 @@ class _Engine:
             pad = new_length - row_index.numel()
             index[row, pad:] = row_index
             is_pad[row, pad:] = False
-            state.vis_start[row] += pad
+            state.vis[row] = pad + rows_visual[row].nonzero().squeeze(1)
         ext_hidden = torch.cat([hidden, merged], dim=1)
         ext_valid = torch.cat([state.valid, torch.ones(batch, extra, dtype=torch.bool, device=device)], dim=1)
         ext_origin = torch.cat([state.origin, torch.full((batch, extra), -1, device=device)], dim=1)
@@ -633,7 +625,7 @@ class _Engine:
                 segment.all_valid = bool(segment.key_valid.all())
         for row, sample in enumerate(state.samples):
             sample.tokens_in = [int(counts[id(segment)][row]) for segment in state.segments]
-            sample.visual_out = sample.visual_in[1:] + [state.vis_len[row]]
+            sample.visual_out = sample.visual_in[1:] + [state.vis[row].numel()]
             self.trace.samples.append(sample)
         cache = getattr(output, "past_key_values", None)
         if cache is not None:

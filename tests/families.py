@@ -178,3 +178,26 @@ def batch(model, family: str, samples: list[dict]) -> dict:
             values = [torch.nn.functional.pad(v, (0, 0, 0, 0, 0, 0, 0, most - v.shape[1])) for v in values]
         out[key] = torch.cat(values)
     return out
+
+
+def two_images(model, family: str, question_length: int = 6, seed: int = 0) -> dict:
+    """One prompt with two images separated by text: BOS, image 1, a few words, image 2, the question."""
+    first, count_a = _visual(model, family, (28, 56) if family != "llava" else (28, 28), False, seed)
+    second, count_b = _visual(model, family, (56, 28) if family != "llava" else (28, 28), False, seed + 1)
+    generator = torch.Generator().manual_seed(200 + seed)
+    start, end = ([VISION_START], [VISION_END]) if family == "qwen2_5_vl" else ([], [])
+    block_a = torch.tensor(start + [IMAGE] * count_a + end)
+    block_b = torch.tensor(start + [IMAGE] * count_b + end)
+    question = torch.randint(10, 80, (question_length,), generator=generator)
+    ids = torch.cat([torch.tensor([BOS, 5]), block_a, torch.tensor([6, 7, 8]), block_b, question])[None]
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    for key in first:
+        inputs[key] = torch.cat([first[key], second[key]])
+    if family == "llava_next":  # two anyres images: their patch counts differ, the processor pads the patch axis
+        most = max(first["pixel_values"].shape[1], second["pixel_values"].shape[1])
+        pad = [torch.nn.functional.pad(v["pixel_values"], (0, 0, 0, 0, 0, 0, 0, most - v["pixel_values"].shape[1]))
+               for v in (first, second)]  # fmt: skip
+        inputs["pixel_values"] = torch.cat(pad)
+    if family == "qwen2_5_vl":
+        inputs["mm_token_type_ids"] = (ids == IMAGE).int()
+    return inputs

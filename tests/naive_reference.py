@@ -31,12 +31,11 @@ def inputs_embeds(model, inputs: dict) -> torch.Tensor:
     return box["x"]
 
 
-def visual_span(model, ids: torch.Tensor) -> tuple[int, int]:
-    """(start, count) of the one contiguous block of image or video tokens in a 1-D id row."""
+def visual_positions(model, ids: torch.Tensor) -> torch.Tensor:
+    """Indices of the image or video tokens in a 1-D id row (one block, or several separated by text)."""
     config = model.config
     visual = [getattr(config, name) for name in ("image_token_id", "video_token_id") if hasattr(config, name)]
-    where = torch.isin(ids, torch.tensor(visual)).nonzero().squeeze(1)
-    return int(where[0]), where.numel()
+    return torch.isin(ids, torch.tensor(visual)).nonzero().squeeze(1)
 
 
 def initial_positions(model, inputs: dict) -> torch.Tensor:
@@ -49,11 +48,13 @@ def initial_positions(model, inputs: dict) -> torch.Tensor:
     return rows
 
 
-def raters_of(embeds: torch.Tensor, vs: int, nv: int) -> list[int]:
-    """Text tokens whose mean softmax relevance to the image is above average (absolute indices)."""
-    v, t = embeds[0, vs : vs + nv], embeds[0, vs + nv :]
+def raters_of(embeds: torch.Tensor, vis: torch.Tensor) -> list[int]:
+    """Text tokens (after the last visual token) whose mean softmax relevance to the image is above average
+    (absolute indices)."""
+    end = int(vis[-1]) + 1
+    v, t = embeds[0, vis], embeds[0, end:]
     r = torch.softmax(v @ t.T, dim=1).mean(dim=0)
-    return [vs + nv + j for j in range(t.shape[0]) if r[j] > r.mean()]
+    return [end + j for j in range(t.shape[0]) if r[j] > r.mean()]
 
 
 def dpc_knn(x: torch.Tensor, c: int) -> list[list[int]]:
@@ -75,13 +76,14 @@ def dpc_knn(x: torch.Tensor, c: int) -> list[list[int]]:
 
 
 def run(model, inputs: dict, decide, positions_mode: str = "contiguous") -> torch.Tensor:
-    """Layer-by-layer prefill with full eager attention maps; decide(layer, A, h_out, vs, nv) -> (kept, groups) or None.
+    """Layer-by-layer prefill with full eager attention maps; decide(layer, A, h_out, vis, pos) -> (kept, groups) or
+    None, where vis holds the visual tokens' indices.
 
-    Returns the last-position logits. `kept` and `groups` are block coordinates; groups are merged by
-    sum / (count + 1e-6) and inserted after the kept tokens.
+    Returns the last-position logits. `kept` and `groups` index into vis; groups are merged by sum / (count + 1e-6) and
+    inserted after the last visual token; other tokens keep their order.
     """
     text = model.model.language_model
-    vs, nv = visual_span(model, inputs["input_ids"][0])
+    vis = visual_positions(model, inputs["input_ids"][0])
     h = inputs_embeds(model, inputs)
     rows = initial_positions(model, inputs)  # [R, 1, L]
     one_d = rows.shape[0] == 1
@@ -90,24 +92,28 @@ def run(model, inputs: dict, decide, positions_mode: str = "contiguous") -> torc
     hooks = [layer.self_attn.register_forward_hook(lambda m, a, o: box.__setitem__("A", o[1])) for layer in text.layers]
     text.config._attn_implementation, saved = "eager", text.config._attn_implementation
 
-    def apply(decision, h_out, pos, nv):
-        """The sequence after one decision: [pre | kept | merged groups | text], positions as the mode says."""
+    def apply(decision, h_out, pos, vis):
+        """The sequence after one decision: tokens before the last visual one with only the kept visual ones, the
+        merged groups, then the text; positions as the mode says."""
         kept, groups = decision
-        vis = h_out[0, vs : vs + nv]
-        merged = [vis[g].sum(0) / (len(g) + 1e-6) for g in groups]
-        parts = [h_out[0, :vs], vis[kept]] + ([torch.stack(merged)] if merged else []) + [h_out[0, vs + nv :]]
-        new_pos = [pos[..., :vs], pos[..., vs:][..., kept]]
-        new_pos += [pos[..., vs + torch.tensor([g[0] for g in groups])]] if groups else []
-        new_pos += [pos[..., vs + nv :]]
+        end = int(vis[-1]) + 1
+        kept_set = set(vis[kept].tolist())
+        head = [i for i in range(end) if i not in set(vis.tolist()) or i in kept_set]
+        merged = [h_out[0, vis[g]].sum(0) / (len(g) + 1e-6) for g in groups]
+        parts = [h_out[0, head]] + ([torch.stack(merged)] if merged else []) + [h_out[0, end:]]
+        new_pos = [pos[..., head]]
+        new_pos += [pos[..., vis[torch.tensor([g[0] for g in groups])]]] if groups else []
+        new_pos += [pos[..., end:]]
         h_out = torch.cat(parts)[None]
         pos = torch.cat(new_pos, dim=-1) if positions_mode == "original" else torch.arange(h_out.shape[1])[None]
-        return h_out, pos, len(kept) + len(groups)
+        new_vis = [j for j, i in enumerate(head) if i in kept_set] + list(range(len(head), len(head) + len(groups)))
+        return h_out, pos, torch.tensor(new_vis, dtype=torch.long)
 
     try:
         with torch.no_grad():
-            before = decide(-1, None, h, vs, nv, pos)  # a pre-LLM stage prunes the embeddings themselves
+            before = decide(-1, None, h, vis, pos)  # a pre-LLM stage prunes the embeddings themselves
             if before is not None:
-                h, pos, nv = apply(before, h, pos, nv)
+                h, pos, vis = apply(before, h, pos, vis)
             for index, layer in enumerate(text.layers):
                 length = h.shape[1]
                 causal = torch.full((length, length), torch.finfo(h.dtype).min).triu(1)[None, None]
@@ -117,9 +123,9 @@ def run(model, inputs: dict, decide, positions_mode: str = "contiguous") -> torc
                     position_ids=pos if one_d else None,
                     position_embeddings=text.rotary_emb(h, pos),
                 )
-                decision = decide(index, box["A"], h_out, vs, nv, pos)
+                decision = decide(index, box["A"], h_out, vis, pos)
                 if decision is not None:
-                    h_out, pos, nv = apply(decision, h_out, pos, nv)
+                    h_out, pos, vis = apply(decision, h_out, pos, vis)
                 h = h_out
             return model.lm_head(text.norm(h))[:, -1]
     finally:
@@ -145,16 +151,17 @@ def sparsevlm_decider(
     (default: the authors' calibration for the budget); layers and keeps: another depth's layers and keep counts.
     """
     embeds = inputs_embeds(model, inputs)
-    vs0, nv0 = visual_span(model, inputs["input_ids"][0])
-    rater_rel = [j - vs0 - nv0 for j in raters_of(embeds, vs0, nv0)]
+    vis0 = visual_positions(model, inputs["input_ids"][0])
+    rater_rel = [j - int(vis0[-1]) - 1 for j in raters_of(embeds, vis0)]
     layers = layers or ((2, 6, 15, 19) if version == "1.0" else (2, 6, 15))
     head_dim = model.config.text_config.hidden_size // model.config.text_config.num_attention_heads
     rotary = model.model.language_model.rotary_emb
 
-    def decide(layer, attn, h_out, vs, nv, pos):
+    def decide(layer, attn, h_out, vis, pos):
         if layer not in layers:
             return None
-        rows = [vs + nv + j for j in rater_rel]
+        nv = vis.numel()
+        rows = [int(vis[-1]) + 1 + j for j in rater_rel]
         a = attn[0]  # [H, L, L]
         if version == "2.0":
             ones = torch.ones(1, a.shape[0], a.shape[1], head_dim)
@@ -162,9 +169,9 @@ def sparsevlm_decider(
             q, k = apply_rotary_pos_emb(ones, ones, cos, sin)
             a = a / (q @ k.transpose(2, 3) / head_dim**0.5)[0]
             n_top = top_heads or (14 if a.shape[0] >= 14 else a.shape[0])
-            top = a[:, rows, vs : vs + nv].sum(dim=(1, 2)).topk(n_top).indices
+            top = a[:, rows][:, :, vis].sum(dim=(1, 2)).topk(n_top).indices
             a = a[top]
-        p = a.mean(dim=0)[rows, vs : vs + nv]
+        p = a.mean(dim=0)[rows][:, vis]
         score = p.mean(dim=0)
         if version == "1.0":
             scale, bias = scale_bias or SCALE_BIAS[budget]
@@ -178,7 +185,7 @@ def sparsevlm_decider(
             deleted = [i for i in range(nv) if i not in set(kept)]
             n1 = int(0.3 * len(deleted)) + 1
             cand = [deleted[i] for i in torch.topk(score[deleted], n1).indices.tolist()]
-            groups = [[cand[i] for i in g] for g in dpc_knn(h_out[0, vs : vs + nv][cand], int(n1 / 10) + 1)]
+            groups = [[cand[i] for i in g] for g in dpc_knn(h_out[0, vis][cand], int(n1 / 10) + 1)]
         record.append((layer, kept, groups))
         return torch.tensor(kept, dtype=torch.long), groups
 
@@ -188,10 +195,10 @@ def sparsevlm_decider(
 def fastv_decider(layer_k: int, keep: int, record: list):
     """FastV: at layer K-1, keep the top-`keep` visual tokens by the last token's head-averaged attention."""
 
-    def decide(layer, attn, h_out, vs, nv, pos):
+    def decide(layer, attn, h_out, vis, pos):
         if layer != layer_k - 1:
             return None
-        score = attn[0].mean(dim=0)[-1, vs : vs + nv]
+        score = attn[0].mean(dim=0)[-1, vis]
         kept = sorted(torch.topk(score, keep).indices.tolist())
         record.append((layer, kept, []))
         return torch.tensor(kept, dtype=torch.long), []
@@ -203,7 +210,7 @@ def replay_decider(stages):
     """Re-apply recorded StageRecords (kept + merged groups) instead of deciding."""
     by_layer = {s.layer: s for s in stages}
 
-    def decide(layer, attn, h_out, vs, nv, pos):
+    def decide(layer, attn, h_out, vis, pos):
         if layer not in by_layer:
             return None
         stage = by_layer[layer]

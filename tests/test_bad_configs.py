@@ -112,6 +112,29 @@ CASES: list[tuple[list[str], str]] = [
         ["model=local", "model.pretrained={next}", "method=pooling", "budget=320"],
         "method: pooling pools the visual block as one square patch grid",
     ),
+    (["task=msvd_qa"], "judge: task msvd_qa needs a judge; allowed: gpt, match"),
+    (["judge=gpt"], "judge: task pope is scored by lmms-eval's own metrics; use judge=none"),
+    (["judge=foo"], "judge: no option 'foo'; available: gpt, match, none"),
+    (["task=msvd_qa", "judge=match"], "video_data_dir: missing; the folder holding MSVD_Zero_Shot_QA/"),
+    (
+        ["task=tgif_qa", "judge=match", "video_data_dir=/nonexistent"],
+        "video_data_dir: /nonexistent/TGIF_Zero_Shot_QA is",
+    ),
+    (
+        ["task=msvd_qa", "judge=match", "task.video.data_root={empty}"],
+        "task.video.data_root: {empty} has no test_q.json",
+    ),
+    (
+        ["task=msvd_qa", "judge=match", "task.video.data_root={no_videos}"],
+        "task.video.data_root: {no_videos} has no video",
+    ),
+    (["task=msvd_qa", "judge=match", "task.video.first_n=0"], "task.video.first_n: expected a positive int or null"),
+    (["task=msvd_qa", "judge=match", "+task.video.frames=4"], "task.video.frames: not a config key; allowed:"),
+    (["task=msvd_qa", "judge=gpt", "judge.temperature=hot"], "judge.temperature: expected a number in [0.0, 2.0]"),
+    (["task=msvd_qa", "judge=gpt", "judge.base_url=localhost:8000"], "judge.base_url: expected an http(s) URL"),
+    (["task=msvd_qa", "judge=gpt", "judge.max_retries=-1"], "judge.max_retries: expected an int >= 0, got -1"),
+    (["task=msvd_qa", "judge=gpt", "+judge.api_key=sk-x"], "judge.api_key: not a config key; allowed: api_key_env"),
+    (["task=msvd_qa", "judge=gpt", "task.video.data_root={video}"], "judge.api_key_env: OPENAI_API_KEY is not set"),
 ]
 if cuda_device_count() == 0:  # errors only on a machine without CUDA (CI)
     CASES.append((["model.device=cuda"], "model.device: cuda requested but no CUDA device is available"))
@@ -160,6 +183,12 @@ def _checkpoints(base: Path) -> dict[str, str]:
     broken = ("bert", "bad_json", "no_weights", "no_tokenizer", "truncated", "qwen", "next")
     dirs = {name: base / name for name in ("empty", *broken)}
     dirs["empty"].mkdir(parents=True)
+    dirs["video"], dirs["no_videos"] = base / "video", base / "no_videos"
+    for name in ("video", "no_videos"):  # Video-LLaVA's MSVD layout; no_videos lacks its videos/ folder
+        (dirs[name] / "videos").mkdir(parents=True, exist_ok=name == "video")
+        (dirs[name] / "test_q.json").write_text("[]")
+        (dirs[name] / "test_a.json").write_text("[]")
+    (dirs["no_videos"] / "videos").rmdir()
     for name in broken:
         shutil.copytree(TINY, dirs[name])
     config = json.loads((TINY / "config.json").read_text())

@@ -133,3 +133,35 @@ def test_every_registered_method_is_benchmarked_or_skipped_with_its_reason(tmp_p
     for row in result["rows"][1:]:  # every method's tokens and FLOPs come from its own trace
         assert row["equivalent_tokens"] == pytest.approx(measured.get(row["label"], 128), abs=1)
         assert 0 < row["flops_ratio"] < 0.35
+
+
+def test_family_shapes_match_the_published_configs():
+    from eval.shapes import family_config
+
+    qwen = flops.text_shape(family_config(SHAPES["qwen2.5-vl-7b"]))
+    assert (qwen.hidden, qwen.intermediate, qwen.n_layers, qwen.n_heads, qwen.n_kv_heads, qwen.vocab) == (
+        3584, 18944, 28, 28, 4, 152064,
+    )  # fmt: skip
+    assert family_config(SHAPES["qwen2.5-vl-7b"]).text_config.rope_parameters["mrope_section"] == [16, 24, 24]
+    vit = flops.vision_shape(family_config(SHAPES["qwen2.5-vl-7b"]))
+    assert (vit.hidden, vit.intermediate, vit.depth, vit.full_attention_blocks) == (1280, 3420, 32, (7, 15, 23, 31))
+    siglip = flops.vision_shape(family_config(SHAPES["llava-onevision-7b"]))
+    assert (siglip.hidden, siglip.n_layers, siglip.n_patches, siglip.cls_token, siglip.pooling_head) == (
+        1152, 26, 729, False, False,
+    )  # fmt: skip
+    video = family_config(SHAPES["video-llava-7b"])
+    assert video.video_seq_length == 8 * 257 and flops.text_shape(video).hidden == 4096
+
+
+@pytest.mark.slow
+def test_family_bench_skips_contiguous_positions_on_mrope(tmp_path):
+    argv = ["--shape", "cpu-qwen2.5-vl", "--repeats", "1", "--warmup", "0", "--budgets", "114", "--versions", "1.5"]
+    argv += ["--positions", "default", "original", "--new-tokens", "1", "--out", str(tmp_path / "q.json")]
+    result = bench.main(argv)
+    rows = {row["label"]: row for row in result["rows"]}
+    assert "sparsevlm-1.5+original@114" in rows and "sparsevlm-1.5@114" not in rows
+    assert any(line.startswith("skipped sparsevlm-1.5@114: positions: 'contiguous'") for line in result["skipped"])
+    assert rows["dense"]["equivalent_tokens"] == 1024
+    assert rows["sparsevlm-1.5+original@114"]["equivalent_tokens"] == pytest.approx(114, abs=1)
+    breakdown = rows["dense"]["full_tflops"] - rows["dense"]["paper_tflops"]
+    assert breakdown > 0.01  # the Qwen ViT's 4096 patches are in the full column

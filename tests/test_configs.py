@@ -23,13 +23,18 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", ["model", "method", "task", "launcher", "logger", "experiment"])
+VIDEO_TASKS = tuple(p.stem for p in sorted((CONF / "task").glob("*.yaml")) if "\nvideo:" in p.read_text())
+
+
+@pytest.mark.parametrize("group", ["model", "method", "task", "launcher", "logger", "experiment", "judge"])
 def test_every_option_of_every_group_composes_and_validates(group):
     assert _options(group), f"conf/{group}/ is empty"
     for option in _options(group):
         overrides = [f"{group}={option}"]
         if group == "model" and option == "local":
             overrides.append("model.pretrained=/some/checkpoint")
+        if (group, option) in {("task", t) for t in VIDEO_TASKS} | {("judge", "gpt"), ("judge", "match")}:
+            overrides += ["judge=match"] * (group == "task") + ["task=msvd_qa"] * (group == "judge")
         cfg = _compose(*overrides)
         if group == "method" and option == "dense":
             cfg = _compose(*overrides, "budget=null")
@@ -65,6 +70,32 @@ def test_table1_covers_the_paper_grid():
     specs = [spec_from_config(_compose("experiment=table1", *c)) for c in pruned[:3]]
     assert {s.model.pretrained for s in specs} == {"llava-hf/llava-1.5-7b-hf"}
     assert {s.experiment for s in specs} == {"table1"}
+
+
+def test_video_table_covers_the_paper_row():
+    pruned, dense = _sweep_cells("video_table"), _sweep_cells("video_table_dense")
+    assert len(pruned) == 3 * 2 and len(dense) == 1
+    specs = [spec_from_config(_compose("experiment=video_table", *c)) for c in pruned]
+    assert {(s.method.name, s.budget) for s in specs} == {
+        (m, b) for m in ("sparsevlm", "fastv", "random") for b in (194, 135)
+    }
+    dense_spec = spec_from_config(_compose("experiment=video_table_dense", *dense[0]))
+    for spec in [*specs, dense_spec]:
+        assert spec.model.pretrained == "LanguageBind/Video-LLaVA-7B-hf" and spec.experiment == "video_table"
+        assert spec.task.name == "msvd_qa" and spec.task.video.first_n == 1000
+        assert spec.judge.name == "gpt" and spec.judge.model == "gpt-3.5-turbo"
+    assert dense_spec.method.name == "dense" and dense_spec.budget is None
+
+
+def test_judge_and_video_options_change_the_run_id_but_the_data_location_does_not():
+    base = ["task=msvd_qa", "judge=gpt"]
+    ids = {
+        spec_from_config(_compose(*base, *extra)).run_id
+        for extra in ([], ["judge=match"], ["task.video.first_n=1000"], ["judge.model=gpt-4o"])
+    }
+    assert len(ids) == 4
+    moved = spec_from_config(_compose(*base, "task.video.data_root=/elsewhere", "video_data_dir=/x")).run_id
+    assert moved == spec_from_config(_compose(*base)).run_id
 
 
 # Bad configurations, one line each through the CLI: tests/test_bad_configs.py

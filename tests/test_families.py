@@ -270,3 +270,81 @@ def test_retain_ratio_budgets_each_sample_by_its_own_visual_count(models, method
 def test_a_retain_ratio_outside_0_1_is_refused_in_one_line(ratio):
     with pytest.raises(ValueError, match="retain_ratio: expected null .* in \\(0, 1\\)"):
         SparseVLM(budget=64, retain_ratio=ratio)
+
+
+MULTI_IMAGE = ["llava", "llava_next", "qwen2_5_vl"]
+
+
+@pytest.mark.parametrize("family", MULTI_IMAGE)
+@pytest.mark.parametrize("method_name", ["sparsevlm", "fastv"])
+def test_two_images_in_one_prompt_match_the_naive_reference(models, family, method_name):
+    """Both images are one visual set; the text between them stays in place and never rates or gets pruned."""
+    model = models[family]
+    inputs = fam.two_images(model, family, question_length=9, seed=3)
+    n_visual = _n_visual(inputs)
+    budget = n_visual // 3
+    recorded: list = []
+    if method_name == "sparsevlm":
+        method = SparseVLM(budget=budget, positions=positions(family))
+        plan = method.plan(N_LAYERS, n_visual)
+        decider = naive.sparsevlm_decider(
+            model, inputs, "1.5", budget, recorded, layers=plan.prune_layers, keeps=plan.keeps
+        )
+    else:
+        method = FastV(budget=budget, positions=positions(family))
+        plan = method.plan(N_LAYERS, n_visual)
+        decider = naive.fastv_decider(plan.prune_layers[0] + 1, plan.keeps[0], recorded)
+    ref_logits = naive.run(model, inputs, decider, positions(family))
+    with sparsevlm.attach(model, method) as trace:
+        logits = _logits(model, inputs)
+    assert trace.last.n_visual == n_visual
+    for stage, (_, kept, groups) in zip(trace.last.stages, recorded, strict=True):
+        assert stage.kept == kept
+        assert stage.merged_groups == groups
+    kept_original = trace.last.stages[0].kept_original
+    ids = inputs["input_ids"][0]
+    assert all(int(ids[i]) == fam.IMAGE for i in kept_original)  # indices into the prompt: visual tokens only
+    assert (logits - ref_logits).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("family", MULTI_IMAGE)
+def test_a_two_image_prompt_batched_with_a_one_image_prompt_equals_single_runs(models, family):
+    model = models[family]
+    singles = [fam.two_images(model, family, seed=1), _sample(model, family, seed=2, question_length=11)]
+    method = SparseVLM(budget=min(_n_visual(s) for s in singles) // 2, positions=positions(family))
+    with sparsevlm.attach(model, method) as trace:
+        batched = _generate(model, fam.batch(model, family, singles))
+    width = max(s["input_ids"].shape[1] for s in singles)
+    for row, single in enumerate(singles):
+        with sparsevlm.attach(model, method) as single_trace:
+            alone = _generate(model, single)
+        assert [s.kept for s in trace.samples[row].stages] == [s.kept for s in single_trace.last.stages]
+        assert torch.equal(batched[row, width:], alone[0, single["input_ids"].shape[1] :])
+
+
+@pytest.mark.parametrize("family", MULTI_IMAGE)
+def test_two_images_cached_decode_equals_cache_free_recomputation(models, family):
+    model = models[family]
+    inputs = fam.two_images(model, family, seed=5)
+    method = SparseVLM(budget=_n_visual(inputs) // 3, positions=positions(family))
+    with sparsevlm.attach(model, method) as trace, torch.no_grad():
+        out = model.generate(
+            **inputs, max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True,
+            pad_token_id=fam.PAD,
+        )  # fmt: skip
+    prompt_len = inputs["input_ids"].shape[1]
+    for step, step_logits in enumerate(out.logits):
+        ids = out.sequences[:, : prompt_len + step]
+        extended = dict(inputs, input_ids=ids, attention_mask=torch.ones_like(ids))
+        if "mm_token_type_ids" in inputs:
+            extended["mm_token_type_ids"] = (ids == fam.IMAGE).int()
+        recomputed = naive.run(model, extended, naive.replay_decider(trace.last.stages), positions(family))
+        assert (step_logits - recomputed).abs().max() < 1e-4, f"step {step}"
+
+
+def test_vision_stage_methods_refuse_two_images_in_one_prompt(models):
+    model = models["llava"]
+    inputs = fam.two_images(model, "llava")
+    with pytest.raises(ValueError, match="several images; visionzip decides per image"):
+        with sparsevlm.attach(model, make_method("visionzip", budget=8)):
+            _logits(model, inputs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import make_inputs
@@ -33,12 +35,21 @@ def test_decoder_layer_is_gqa_aware_and_equals_paper_without_gqa():
     assert flops.decoder_layer_flops(7, mha) == flops.paper_layer_flops(7, 8, 16)
 
 
-def test_vision_and_projector_hand_computed():
+def test_vit_pass_hand_computed():
     shape = flops.VisionShape(
         hidden=2, intermediate=4, n_layers=1, image_size=4, patch_size=2, channels=3, projector_out=3
     )
-    # 4 patches + CLS: conv 4*2*3*4 = 96; layer 4*5*4 + 2*25*2 + 2*5*2*4 = 80 + 100 + 80; projector 4*(2*3 + 3*3)
-    assert flops.vision_flops(shape, n_visual=4) == (96 + 260, 60)
+    # 4 patches + CLS: conv 4*2*3*4 = 96; layer 4*5*4 + 2*25*2 + 2*5*2*4 = 80 + 100 + 80
+    assert flops.vit_pass_flops(shape) == 96 + 260
+    siglip = dataclasses.replace(shape, cls_token=False, pooling_head=True)
+    # 4 patches: layer 4*4*4 + 2*16*2 + 2*4*2*4 = 64 + 64 + 64; head 2*4 + 2*4*4 + 2*4*2 + 2*2*4 = 8 + 32 + 16 + 16
+    assert flops.vit_pass_flops(siglip) == 96 + 192 + 72
+
+
+def test_gqa_paper_formula_hand_computed():
+    # n=10, d=4, kv width 2, m=8: 2*10*4*(4 + 2) + 2*100*4 + 3*10*4*8 = 480 + 800 + 960
+    assert flops.paper_layer_flops(10, 4, 8, kv_width=2) == 2240
+    assert flops.paper_layer_flops(10, 4, 8, kv_width=4) == flops.paper_layer_flops(10, 4, 8)
 
 
 def _schedule_counts(budget: int, non_visual: int) -> list[int]:
@@ -161,8 +172,7 @@ def test_llava_7b_shapes_on_meta_device():
         )
         assert measured == 2 * flops.paper_layer_flops(n, D7B, M7B)
     measured, _ = flops.measure_flops(lambda: tower(pixels, output_hidden_states=True))
-    vision, _ = flops.vision_flops(flops.vision_shape(config), 576)
-    assert measured == 2 * vision
+    assert measured == 2 * flops.vit_pass_flops(flops.vision_shape(config))
     assert 32 * flops.paper_layer_flops(651, D7B, M7B) / 1e12 == pytest.approx(4.327, abs=1e-3)  # environment.md §5
 
 

@@ -409,3 +409,39 @@ def test_pareto_figure_explains_itself(records_dir):
     assert ax.get_legend().get_bbox_to_anchor().x0 > ax.get_position().x1 * 0.9  # beside the axes
     empty = report.pareto_figure(table.drop(index="dense").assign(**{"Avg %": float("nan")}), None, "t", "TFLOPs")
     assert "no dense row" in empty.axes[0].texts[0].get_text()
+
+
+def _video_record(method, budget, value, score, judge="gpt", version=None, model="video-llava-7b"):
+    record = _record(method, budget, "msvd_qa", "MSVD-QA", value, version=version, tflops=2.0, model=model)
+    record.grid["judge"] = judge
+    record.run_id += f"-{judge}"
+    record.metrics = {"msvd_qa": {"accuracy": value} | ({} if score is None else {"score": score})}
+    return record
+
+
+def test_video_table_has_accuracy_score_avg_and_the_published_rows(tmp_path):
+    records = [
+        _video_record("dense", None, 70.0, 3.9),
+        _video_record("sparsevlm", 194, 63.0, 3.7, version="video"),
+        _video_record("fastv", 194, 56.0, None, judge="match"),  # another judge: its own, labelled column
+    ]
+    collection = report.collect(_write(tmp_path, records), "exp")
+    table = report.video_table(collection)
+    assert list(table.index) == ["dense", "sparsevlm-video @194", "fastv @194"]
+    assert table.loc["sparsevlm-video @194", "MSVD-QA Acc"] == 63.0
+    assert table.loc["sparsevlm-video @194", "MSVD-QA Score"] == 3.7
+    assert table.loc["sparsevlm-video @194", "Avg %"] == pytest.approx(90.0)
+    matched = "MSVD-QA (match, not comparable to the paper) Acc"
+    assert table.loc["fastv @194", matched] == 56.0 and pd.isna(table.loc["dense", matched])
+    assert pd.isna(table.loc["fastv @194", "Avg %"])  # no dense cell judged the same way: no average
+    paths = report.write_reports(collection, tmp_path / "out", report.load_reference())
+    video = paths["video.md"].read_text()
+    assert "| dense (published: sparsevlm_icml_video) | 72.0 | 3.95 |" in video
+    assert "| fastv @194 (published: sparsevlm_icml_video) | 58.3 | 3.62 |" in video
+    assert "| sparsevlm-video @135 (published: sparsevlm_v1_video) | 68.2 | 3.90 |" in video  # arXiv v1, 135 tokens
+    assert "not comparable to the paper" in paths["table1.md"].read_text()
+
+
+def test_a_table_without_video_cells_writes_no_video_table(records_dir, tmp_path):
+    paths = report.write_reports(report.collect(records_dir, "exp"), tmp_path / "out")
+    assert "video.md" not in paths and not (tmp_path / "out" / "video.md").exists()

@@ -76,7 +76,7 @@ def naive_pdrop_decider(model, layers: tuple[int, ...], keeps: tuple[int, ...], 
     heads = model.config.text_config.num_attention_heads
     head_dim = model.config.text_config.hidden_size // heads
 
-    def decide(layer, attn, h_out, vs, nv, pos):
+    def decide(layer, attn, h_out, vis, pos):
         if layer not in layers:
             return None
         nxt = text.layers[layer + 1]
@@ -87,7 +87,7 @@ def naive_pdrop_decider(model, layers: tuple[int, ...], keeps: tuple[int, ...], 
         cos, sin = text.rotary_emb(x, pos)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         row = torch.softmax((q[:, :, -1:] @ k.transpose(-1, -2)).float() / head_dim**0.5, dim=-1)  # [1, H, 1, L]
-        score = row.mean(dim=1)[0, 0, vs : vs + nv]
+        score = row.mean(dim=1)[0, 0, vis]
         kept = sorted(torch.topk(score, keeps[layers.index(layer)]).indices.tolist())
         record.append((layer, kept))
         return torch.tensor(kept), []
@@ -128,7 +128,7 @@ def naive_dart_decider(model, per_pivot: int, extra: int, record: list):
     box = {}
     box["handle"] = text.layers[1].self_attn.k_proj.register_forward_hook(lambda m, a, o: box.__setitem__("k", o))
 
-    def decide(layer, attn, h_out, vs, nv, pos):
+    def decide(layer, attn, h_out, vis, pos):
         if layer != 1:
             return None
         k = box["k"].view(1, -1, heads, head_dim).transpose(1, 2)
@@ -136,10 +136,11 @@ def naive_dart_decider(model, per_pivot: int, extra: int, record: list):
         k, _ = apply_rotary_pos_emb(k, k, cos, sin)
         keys = k.transpose(1, 2).reshape(k.shape[2], -1)  # [L, H*d]
         norms = keys.abs().sum(-1)
-        image = (norms[vs : vs + nv].topk(4).indices + vs).tolist()
-        query = (norms[vs + nv :].topk(4).indices + vs + nv).tolist()
+        end = int(vis[-1]) + 1
+        image = vis[norms[vis].topk(4).indices].tolist()
+        query = (norms[end:].topk(4).indices + end).tolist()
         states = text.norm(h_out)[0]
-        valid = set(range(vs, vs + nv)) - set(image)
+        valid = set(vis.tolist()) - set(image)
         chosen = set(image)
         for visited, pivot in enumerate(list(set(image + query))):
             pool = list(valid)
@@ -149,7 +150,7 @@ def naive_dart_decider(model, per_pivot: int, extra: int, record: list):
             take = [pool[i] for i in torch.topk(-sims, per_pivot + (visited < extra)).indices.tolist()]
             chosen.update(take)
             valid.difference_update(take)
-        kept = sorted(i - vs for i in chosen)
+        kept = sorted(vis.tolist().index(i) for i in chosen)
         record.append(kept)
         box["handle"].remove()
         return torch.tensor(kept), []
