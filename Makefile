@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint format clean demo demo-check reproduce-table1 reproduce-video report bench bench-zoo train-tiny
+.PHONY: help install test test-fast lint format clean demo demo-check reproduce-table1 reproduce-video report bench bench-zoo \
+	train-tiny train-tiny-video
 
 LIMIT ?=
 LAUNCHER ?= local
@@ -16,6 +17,7 @@ EXPERIMENT ?= demo
 RESULTS ?= results/runs
 DEMO_OUT ?=
 TINY_OUT ?= models/tiny-llava
+TINY_VIDEO_OUT ?= models/tiny-video-llava
 limit_arg = $(if $(LIMIT),limit=$(LIMIT),)
 # a continuation stage of the tiny LLaVA: no vision pre-training, short warm-up, every curriculum already at its end
 continue_flags = --vision-steps 0 --steps 1500 --lr 1e-3 --warmup 20 --align-frac 0 --ramp-frac 0.001 \
@@ -66,6 +68,9 @@ train-tiny: $(STAMP)  ## retrain the embedded tiny LLaVA on CPU, all three stage
 	$(BIN)/python scripts/train_tiny_llava.py --out $(TINY_OUT) --init-from $(TINY_OUT)-stage2 $(continue_flags) \
 		--position-turns 4 --position-aux 1.0 --mention-aux 1.0 --answer-aux 1.0 --eval-every 250 --max-minutes 1000 \
 		--eval-per-family 100
+
+train-tiny-video: $(STAMP)  ## fine-tune the embedded tiny Video-LLaVA from the tiny LLaVA on CPU (~1 h; TINY_VIDEO_OUT=)
+	$(BIN)/python scripts/train_tiny_video_llava.py --out $(TINY_VIDEO_OUT) --steps 3000 --stop-after 2577 --max-minutes 1000
 
 reproduce-table1: $(STAMP)  ## the paper's Table 1 on LLaVA-1.5-7B (GPU + HF hub; LAUNCHER=slurm, VERSION=, LIMIT=)
 	$(BIN)/python scripts/check_table1_prereqs.py --launcher $(LAUNCHER) --version $(VERSION)

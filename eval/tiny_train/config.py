@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from eval import synth
+from eval import synth, synth_video
 
 
 @dataclasses.dataclass
@@ -58,6 +58,36 @@ class TrainConfig:
     # column of the first- and of the second-named object at these layers: the role-bound read-out a relation needs
     answer_aux: float = 0.0
     answer_aux_layers: str = "5,6"
+
+
+@dataclasses.dataclass
+class VideoTrainConfig:
+    """Everything that defines a tiny Video-LLaVA fine-tuning run (eval/tiny_train/video.py)."""
+
+    seed: int = synth_video.TRAIN_SEED
+    init_from: str = "models/tiny-llava"  # the trained tiny LLaVA whose LLM, projector and tower start the model
+    resume_from: str = ""  # continue from a saved tiny Video-LLaVA instead (init_from is then unused)
+    grid: int = synth_video.GRID  # patches per frame side: grid x grid visual tokens (+ CLS) per frame
+    steps: int = 1500
+    batch: int = 8
+    lr: float = 1e-3
+    warmup: int = 30
+    max_minutes: float = 60.0
+    stop_after: int = 0  # stop after this many steps (0: all of them); the schedule still spans `steps`
+    save_every_s: float = 300.0
+    eval_every: int = 250
+    freeze_vision: bool = True  # keep the tiny LLaVA's pre-trained tower fixed, like Video-LLaVA's LanguageBind
+    threads: int = 1
+    # weight of an auxiliary loss making the token that predicts an answer carry the row and column of the cells the
+    # answer is read from (the named object; the mover's first and last cell) at these layers; heads dropped after
+    answer_aux: float = 1.0
+    answer_aux_layers: str = "5,6"
+    # weight of an auxiliary loss making each video token say what changed at its cell since the previous frame
+    # (synth_video.EVENTS: appeared, vanished, the mover arrived from a direction, ...) at these layers; the comparison
+    # of a token with the same cell one frame earlier is what every question family needs
+    event_aux: float = 1.0
+    event_aux_layers: str = "2,4"
+    event_weight: float = 10.0  # weight of the event tokens (a few of 288) over unchanged ones in that loss
 
 
 def config_parser(config_type: type, description: str | None = None) -> argparse.ArgumentParser:

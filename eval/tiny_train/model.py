@@ -33,15 +33,18 @@ RMS_NORM_EPS = 1e-6
 VISION_FEATURE_LAYER = -1
 
 
-def llama_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
-    """A transformers tokenizer over `tokenizer` with LLaMA's special tokens, LLaVA's `<image>` and left padding."""
+def llama_tokenizer(
+    tokenizer: Tokenizer, extra_special_tokens: dict[str, str] | None = None
+) -> PreTrainedTokenizerFast:
+    """A transformers tokenizer over `tokenizer` with LLaMA's special tokens, LLaVA's `<image>` (plus any named
+    `extra_special_tokens`) and left padding."""
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         unk_token="<unk>",
         bos_token="<s>",
         eos_token="</s>",
         pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
+        extra_special_tokens={"image_token": "<image>"} | (extra_special_tokens or {}),
         padding_side="left",
     )
 
@@ -56,6 +59,24 @@ def word_tokenizer(words: set[str]) -> PreTrainedTokenizerFast:
         single="<s> $A", special_tokens=[("<s>", SPECIALS.index("<s>"))]
     )
     return llama_tokenizer(tokenizer)
+
+
+def extend_word_tokenizer(
+    tokenizer: PreTrainedTokenizerFast, words: set[str], extra_special_tokens: dict[str, str]
+) -> PreTrainedTokenizerFast:
+    """`tokenizer` (a word_tokenizer) with the new `extra_special_tokens` and then the new `words` appended: every
+    old token keeps its id, so a trained model's embeddings stay valid."""
+    vocab = dict(sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]))
+    for token in list(extra_special_tokens.values()) + sorted(words):
+        vocab.setdefault(token, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    old = tokenizer.backend_tokenizer
+    backend.normalizer, backend.pre_tokenizer, backend.post_processor = (
+        old.normalizer,
+        old.pre_tokenizer,
+        old.post_processor,
+    )
+    return llama_tokenizer(backend, extra_special_tokens)
 
 
 def synth_words() -> set[str]:

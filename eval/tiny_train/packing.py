@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import io
 import random
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
-from transformers import LlavaForConditionalGeneration, LlavaProcessor
+from transformers import LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerBase
 
 from eval import synth
 from eval.tiny_train.config import TrainConfig
@@ -50,6 +51,61 @@ def block_mask(segment: torch.Tensor) -> torch.Tensor:
     return mask
 
 
+def turn_ids(tok: PreTrainedTokenizerBase, question: str, answer: str | None = None) -> tuple[list[int], int]:
+    """Token ids of one turn ("{question} ASSISTANT:", then the answer and `</s>`) and where its answer starts."""
+    q = tok(f"{question} ASSISTANT:", add_special_tokens=False).input_ids
+    if answer is None:
+        return q, len(q)
+    a = tok(answer, add_special_tokens=False).input_ids + [tok.eos_token_id]
+    return q + a, len(q)
+
+
+@dataclass
+class PackedRow:
+    """One packed sequence: a prefix then turns; ``answer_starts`` are the indices where the turns' answers start."""
+
+    ids: list[int]
+    positions: list[int]
+    segments: list[int]
+    targets: list[int]
+    answer_starts: list[int]
+
+    def add_turn(self, turn: list[int], answer_start: int, prefix_len: int) -> None:
+        """Append a turn that sees only the prefix, its positions continuing the prefix's."""
+        self.answer_starts.append(len(self.ids) + answer_start)
+        self.positions += list(range(prefix_len, prefix_len + len(turn)))
+        self.segments += [max(self.segments) + 1] * len(turn)
+        # the target at index j is the token at j + 1; answer tokens are predicted from answer_start - 1 on
+        self.targets += [IGNORE_INDEX] * (answer_start - 1) + turn[answer_start:] + [IGNORE_INDEX]
+        self.ids += turn
+
+
+def pack_turns(tok: PreTrainedTokenizerBase, prefix: list[int], bundle: list[tuple[str, str]]) -> PackedRow:
+    """(question, answer) turns packed after a prefix, each turn attending to the prefix and itself only."""
+    row = PackedRow(
+        list(prefix), list(range(len(prefix))), [PREFIX_SEGMENT] * len(prefix), [IGNORE_INDEX] * len(prefix), []
+    )
+    for question, answer in bundle:
+        row.add_turn(*turn_ids(tok, question, answer), len(prefix))
+    return row
+
+
+def pad_packed(rows: list[PackedRow], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids, position_ids, targets and the [B, 1, L, L] block attention mask of packed rows."""
+    length = max(len(r.ids) for r in rows)
+
+    def padded(values: list[list[int]], fill: int) -> torch.Tensor:
+        return torch.tensor([v + [fill] * (length - len(v)) for v in values])
+
+    segment = padded([r.segments for r in rows], PAD_SEGMENT)
+    return {
+        "input_ids": padded([r.ids for r in rows], pad_id),
+        "position_ids": padded([r.positions for r in rows], 0),
+        "attention_mask": block_mask(segment)[:, None],
+        "targets": padded([r.targets for r in rows], IGNORE_INDEX),
+    }
+
+
 class Packer:
     """Turns scenes and question bundles into packed, block-masked training batches."""
 
@@ -74,12 +130,8 @@ class Packer:
             raise RuntimeError("packed layout differs from processor output")
 
     def turn_ids(self, question: str, answer: str | None = None) -> tuple[list[int], int]:
-        """Token ids of one turn and the index where the answer starts."""
-        q = self.tok(f"{question} ASSISTANT:", add_special_tokens=False).input_ids
-        if answer is None:
-            return q, len(q)
-        a = self.tok(answer, add_special_tokens=False).input_ids + [self.tok.eos_token_id]
-        return q + a, len(q)
+        """Token ids of one turn and the index where the answer starts (packing.turn_ids)."""
+        return turn_ids(self.tok, question, answer)
 
     def batch(
         self,
@@ -101,45 +153,28 @@ class Packer:
         first = self.prefix.index(image_id)
         n_img = self.cfg.grid * self.cfg.grid
         prefix_len = len(self.prefix)
-        seqs, pos, seg, tgt, kept_lists, mentions, pairs = [], [], [], [], [], [], []
+        rows, kept_lists, mentions, pairs = [], [], [], []
         for row, (scene, bundle) in enumerate(zip(scenes, bundles, strict=True)):
             objects = {synth.patch_index(o.row, o.col, scene.grid) for o in scene.objects}
             kept = [i for i in range(n_img) if i in objects or keep_background >= 1 or rng.random() < keep_background]
             ids = self.prefix[:first] + [image_id] * len(kept) + self.prefix[first + n_img :]
             positions = list(range(first)) + [first + i for i in kept] + list(range(first + n_img, prefix_len))
-            segments, targets = [PREFIX_SEGMENT] * len(ids), [IGNORE_INDEX] * len(ids)
-            for k, (question, answer) in enumerate(bundle, start=1):
+            packed = PackedRow(ids, positions, [PREFIX_SEGMENT] * len(ids), [IGNORE_INDEX] * len(ids), [])
+            for question, answer in bundle:
                 turn, answer_start = self.turn_ids(question, answer)
                 tokens = self.tok.convert_ids_to_tokens(turn[:answer_start])
                 named = mention_cells(tokens, scene)
-                mentions += [(row, len(ids) + i, cell) for i, cell in named]
+                mentions += [(row, len(packed.ids) + i, cell) for i, cell in named]
                 cells = list(dict.fromkeys(cell for _, cell in named))
                 if len(cells) == 2:
-                    pairs.append((row, len(ids) + answer_start - 1, *cells))
-                ids += turn
-                positions += list(range(prefix_len, prefix_len + len(turn)))
-                segments += [k] * len(turn)
-                # the target at index j is the token at j + 1; answer tokens are predicted from answer_start - 1 on
-                targets += [IGNORE_INDEX] * (answer_start - 1) + turn[answer_start:] + [IGNORE_INDEX]
-            seqs.append(ids)
-            pos.append(positions)
-            seg.append(segments)
-            tgt.append(targets)
+                    pairs.append((row, len(packed.ids) + answer_start - 1, *cells))
+                packed.add_turn(turn, answer_start, prefix_len)
+            rows.append(packed)
             kept_lists.append(kept)
-        length = max(map(len, seqs))
-        pad = self.tok.pad_token_id
-        input_ids = torch.tensor([s + [pad] * (length - len(s)) for s in seqs])
-        position_ids = torch.tensor([q + [0] * (length - len(q)) for q in pos])
-        segment = torch.tensor([s + [PAD_SEGMENT] * (length - len(s)) for s in seg])
-        targets = torch.tensor([t + [IGNORE_INDEX] * (length - len(t)) for t in tgt])
         pixel_values = self.processor.image_processor(
             [to_pil(synth.png_bytes(s)) for s in scenes], return_tensors="pt"
         ).pixel_values
-        return {
-            "input_ids": input_ids,
-            "position_ids": position_ids,
-            "attention_mask": block_mask(segment)[:, None],
-            "targets": targets,
+        return pad_packed(rows, self.tok.pad_token_id) | {
             "pixel_values": pixel_values,
             "kept": kept_lists,
             "mentions": torch.tensor(mentions, dtype=torch.long).reshape(-1, 3),

@@ -1,4 +1,4 @@
-"""Training-only linear probes that keep grid positions (row, column) readable from the LLM's hidden states."""
+"""Training-only linear probes: grid positions (row, column) or classes read from the LLM's hidden states."""
 
 from __future__ import annotations
 
@@ -38,6 +38,30 @@ class PositionProbe(torch.nn.Module):
         """Share of cells whose column the last head reads right from `hidden` [N, D]."""
         col_logits = self.heads[-1](hidden)[:, self.grid : 2 * self.grid]
         return (col_logits.argmax(-1) == synth.patch_cell(cells, self.grid)[1]).float().mean().item()
+
+
+class ClassProbe(torch.nn.Module):
+    """Training-only linear heads classifying hidden states (one head per layer read); rare classes weighted up."""
+
+    def __init__(self, hidden: int, n_classes: int, n_layers: int, rare_weight: float):
+        super().__init__()
+        self.rare_weight = rare_weight
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(hidden, n_classes) for _ in range(n_layers))
+
+    def loss(self, hidden_states: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """Mean over heads of the cross-entropy, every label other than class 0 weighted by rare_weight."""
+        weight = torch.where(labels > 0, self.rare_weight, 1.0)
+        total = torch.zeros(())
+        for head, hidden in zip(self.heads, hidden_states, strict=True):
+            ce = torch.nn.functional.cross_entropy(head(hidden), labels, reduction="none")
+            total = total + (ce * weight).sum() / weight.sum()
+        return total / len(self.heads)
+
+    @torch.no_grad()
+    def rare_accuracy(self, hidden: torch.Tensor, labels: torch.Tensor) -> float:
+        """Share of the labels other than class 0 that the last head gets right from `hidden` [N, D]."""
+        rare = labels > 0
+        return (self.heads[-1](hidden[rare]).argmax(-1) == labels[rare]).float().mean().item()
 
 
 def probe_layers(layers: str, weight: float) -> tuple[int, ...]:
