@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint format clean demo demo-check reproduce-table1 reproduce-video report bench bench-zoo \
+.PHONY: help install test test-fast lint format clean demo demo-check demo-video reproduce-table1 reproduce-video report bench bench-zoo \
 	train-tiny train-tiny-video
 
 LIMIT ?=
@@ -59,6 +59,11 @@ demo: $(STAMP)  ## Table 1 on the embedded tiny model + bundled data, offline, C
 
 demo-check: $(STAMP)  ## make demo (its committed settings), then compare with results/demo/ (exit 1 if it differs)
 	$(BIN)/python -m eval.demo $(demo_paths) --check results/demo
+
+demo-video: $(STAMP)  ## the video row on the embedded tiny Video-LLaVA + bundled synthetic clips, offline, CPU, ~3 min; results/runs/video_demo_report/
+	$(BIN)/python -m eval.run experiment=video_demo_dense results_dir=$(RESULTS) $(limit_arg)
+	$(BIN)/python -m eval.run experiment=video_demo results_dir=$(RESULTS) $(limit_arg)
+	$(BIN)/python -m eval.report --experiment video_demo --results-dir $(RESULTS) --out $(RESULTS)/video_demo_report
 
 train-tiny: $(STAMP)  ## retrain the embedded tiny LLaVA on CPU, all three stages of the committed recipe (~3 h; TINY_OUT=)
 	$(BIN)/python scripts/train_tiny_llava.py --out $(TINY_OUT)-stage1 --stop-after 2694 --max-minutes 1000 \

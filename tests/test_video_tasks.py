@@ -1,8 +1,9 @@
 """Video QA end to end on CPU: local layout -> runner -> lmms-eval -> plugin (frames, `videos=`) -> judge -> record.
 
-The pruning engine does not support Video-LLaVA yet, so the cells here run the real plugin with its generate step
-replaced (`NoEngineModel`): everything before it (decoding 8 frames, the processor's `<video>` expansion) and after it
-(judging, failures, records) is the harness's own code. test_video_llava_dense_cell_with_the_engine runs it whole.
+The judge cells run the real plugin with its generate step replaced (`NoEngineModel`), so that every answer is
+known: everything before it (decoding 8 frames, the processor's `<video>` expansion) and after it (judging,
+failures, records) is the harness's own code. test_video_llava_dense_cell_with_the_engine runs the plugin whole;
+test_video_demo.py runs the runner on the embedded tiny Video-LLaVA with pruning.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from lmms_eval.api.instance import GenerationResult, TokenCounts
 from video_fixtures import SIDE, build_video_llava, frame_colour, write_avi, write_layout
 
 import eval.run as runner
+from eval import synth_video
 from eval.lmms_model import SparseVLMModel
-from eval.video import VideoError, frame_indices, read_frames
+from eval.video import VideoError, frame_indices, probe, read_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "models" / "tiny-llava"  # an image LLaVA that passes preflight; the cell runs the video model below
@@ -45,8 +47,18 @@ def test_read_frames_decodes_the_sampled_frames(tmp_path):
 def test_a_corrupt_video_is_a_one_line_error(tmp_path):
     path = tmp_path / "bad.mp4"
     path.write_bytes(bytes(range(256)) * 8)
-    with pytest.raises(VideoError, match=r"^video .*bad\.mp4: cannot"):
+    with pytest.raises(VideoError, match=r"^video .*bad\.mp4: cannot decode \(decord: .*; pyav: .*\)$"):
         read_frames(path)
+    with pytest.raises(VideoError, match=r"^video .*bad\.mp4: cannot open \(decord: .*; pyav: .*\)$"):
+        probe(path)
+
+
+def test_decord_reads_what_it_can_and_pyav_reads_what_decord_cannot(tmp_path):
+    assert read_frames(write_avi(tmp_path / "v.avi", 12)).decoder == "decord"
+    clip = ROOT / "data" / "synth_video" / "videos" / "synth_0000.mp4"  # 48 pixels wide: decord 0.6 cannot copy it
+    video = read_frames(clip)
+    assert video.decoder == "pyav" and probe(clip) == 8 == video.n_frames
+    assert np.array_equal(video.frames, synth_video.read_video(clip))  # lossless clip: every pixel as written
 
 
 class NoEngineModel(SparseVLMModel):
