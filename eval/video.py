@@ -11,11 +11,14 @@ harness records as that document's failure.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
+T = TypeVar("T")
 NUM_FRAMES = 8  # Video-LLaVA-7B: 8 frames x 256 patches = 2048 visual tokens (plus one CLS token per frame in HF)
 
 
@@ -43,16 +46,21 @@ def frame_indices(n_frames: int, num_frames: int = NUM_FRAMES) -> list[int]:
 
 def probe(path: str | Path) -> int:
     """The frame count of a video file (opens the container, decodes nothing); VideoError if it cannot be opened."""
-    try:
-        n_frames = _decord_count(path)
-    except VideoError as decord_error:
-        try:
-            n_frames = _pyav_count(path)
-        except VideoError as pyav_error:
-            raise VideoError(f"video {path}: cannot open (decord: {decord_error}; pyav: {pyav_error})") from None
+    n_frames, _ = _decord_else_pyav(path, "open", lambda: _decord_count(path), lambda: _pyav_count(path))
     if n_frames < 1:
         raise VideoError(f"video {path}: no frames")
     return n_frames
+
+
+def _decord_else_pyav(path: str | Path, action: str, decord: Callable[[], T], pyav: Callable[[], T]) -> tuple[T, str]:
+    """(decord's result, "decord"), else (PyAV's, "pyav"); VideoError naming the file and both reasons if both fail."""
+    try:
+        return decord(), "decord"
+    except VideoError as decord_error:
+        try:
+            return pyav(), "pyav"
+        except VideoError as pyav_error:
+            raise VideoError(f"video {path}: cannot {action} (decord: {decord_error}; pyav: {pyav_error})") from None
 
 
 def _decord_count(path: str | Path) -> int:
@@ -85,15 +93,9 @@ def _last_line(err: BaseException) -> str:
 
 def read_frames(path: str | Path, num_frames: int = NUM_FRAMES) -> VideoFrames:
     """Decode the `num_frames` uniformly sampled frames of a video (decord, else PyAV); VideoError if neither can."""
-    try:
-        n_frames, indices, frames = _decord_frames(path, num_frames)
-        decoder = "decord"
-    except VideoError as decord_error:
-        try:
-            n_frames, indices, frames = _pyav_frames(path, num_frames)
-            decoder = "pyav"
-        except VideoError as pyav_error:
-            raise VideoError(f"video {path}: cannot decode (decord: {decord_error}; pyav: {pyav_error})") from None
+    (n_frames, indices, frames), decoder = _decord_else_pyav(
+        path, "decode", lambda: _decord_frames(path, num_frames), lambda: _pyav_frames(path, num_frames)
+    )
     if frames.ndim != 4 or frames.shape[0] != num_frames or frames.shape[-1] != 3:
         raise VideoError(f"video {path}: decoded frames of shape {frames.shape}, expected ({num_frames}, H, W, 3)")
     return VideoFrames(str(path), frames, tuple(indices), n_frames, decoder)

@@ -195,9 +195,16 @@ def packed_forward(
         vision_feature_select_strategy=model.config.vision_feature_select_strategy,
     ).pooler_output
     selected = torch.cat([f[kept] for f, kept in zip(feats, batch["kept"], strict=True)])
-    is_image = batch["input_ids"] == model.config.image_token_id
-    embeds = model.get_input_embeddings()(batch["input_ids"].masked_fill(is_image, 0))
-    embeds = embeds.masked_scatter(is_image[..., None].expand_as(embeds), selected.to(embeds.dtype))
+    return forward_with_features(model, batch, model.config.image_token_id, selected, hidden_layers)
+
+
+def forward_with_features(
+    model: torch.nn.Module, batch: dict, token_id: int, features: torch.Tensor, hidden_layers: tuple[int, ...] = ()
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Logits and hidden states at `hidden_layers` of a packed batch whose `token_id` slots hold `features` in order."""
+    is_visual = batch["input_ids"] == token_id
+    embeds = model.get_input_embeddings()(batch["input_ids"].masked_fill(is_visual, 0))
+    embeds = embeds.masked_scatter(is_visual[..., None].expand_as(embeds), features.to(embeds.dtype))
     out = model(
         inputs_embeds=embeds,
         attention_mask=batch["attention_mask"],

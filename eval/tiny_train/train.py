@@ -196,6 +196,14 @@ def save(model: LlavaForConditionalGeneration, processor: LlavaProcessor, out: P
     (out / "training_log.json").write_text(json.dumps(log, indent=1))
 
 
+def save_progress(
+    model: LlavaForConditionalGeneration, processor: LlavaProcessor, out: Path, log: dict, done: int, t0: float
+) -> None:
+    """Record the steps done and the seconds since t0 in the log, then save (a checkpoint, or the final model)."""
+    log |= {"steps_done": done, "train_seconds": round(time.time() - t0, 1)}
+    save(model, processor, out, log)
+
+
 def train(cfg: TrainConfig, out: Path, eval_per_family: int) -> dict:
     """Run training; checkpoint periodically; return the log with final held-out accuracy."""
     torch.set_num_threads(cfg.threads)
@@ -295,13 +303,9 @@ def train(cfg: TrainConfig, out: Path, eval_per_family: int) -> dict:
             print(f"eval@{done} " + json.dumps(res), flush=True)
             log["evals"].append({"step": done, **res})
         if time.time() - last_save > cfg.save_every_s:
-            log["steps_done"] = done
-            log["train_seconds"] = round(time.time() - t0, 1)
-            save(model, processor, out, log)
+            save_progress(model, processor, out, log, done, t0)
             last_save = time.time()
-    log["steps_done"] = done
-    log["train_seconds"] = round(time.time() - t0, 1)
-    save(model, processor, out, log)
+    save_progress(model, processor, out, log, done, t0)
     final = subsample(held_out, eval_per_family, seed=FINAL_EVAL_SEED)
     t1 = time.time()
     log["final_eval"] = evaluate(model, processor, final)

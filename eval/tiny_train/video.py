@@ -27,7 +27,7 @@ from transformers import (
 from eval import synth, synth_video
 from eval.tiny_train.config import VideoTrainConfig
 from eval.tiny_train.model import WORD, extend_word_tokenizer
-from eval.tiny_train.packing import IGNORE_INDEX, pack_turns, pad_packed
+from eval.tiny_train.packing import IGNORE_INDEX, forward_with_features, pack_turns, pad_packed
 from eval.tiny_train.probes import ClassProbe, PositionProbe, probe_layers
 from eval.tiny_train.train import (
     ADAM_BETAS,
@@ -38,6 +38,7 @@ from eval.tiny_train.train import (
     lr_at,
     normalise,
     save,
+    save_progress,
 )
 
 # Video-LLaVA's llava-hf template: "USER: <video>\n{text} ASSISTANT:" (and "<image>\n" for an image)
@@ -187,17 +188,8 @@ def packed_video_forward(
     model: VideoLlavaForConditionalGeneration, batch: dict, hidden_layers: tuple[int, ...] = ()
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Logits for a packed batch and its hidden states at `hidden_layers`; video features fill the video tokens."""
-    feats = video_features(model, batch["pixel_values_videos"])
-    is_video = batch["input_ids"] == model.config.video_token_id
-    embeds = model.get_input_embeddings()(batch["input_ids"].masked_fill(is_video, 0))
-    embeds = embeds.masked_scatter(is_video[..., None].expand_as(embeds), feats.flatten(0, 1).to(embeds.dtype))
-    out = model(
-        inputs_embeds=embeds,
-        attention_mask=batch["attention_mask"],
-        position_ids=batch["position_ids"],
-        output_hidden_states=bool(hidden_layers),
-    )
-    return out.logits, [out.hidden_states[k] for k in hidden_layers]
+    feats = video_features(model, batch["pixel_values_videos"]).flatten(0, 1)
+    return forward_with_features(model, batch, model.config.video_token_id, feats, hidden_layers)
 
 
 def patch_token_mask(grid: int, n_videos: int) -> torch.Tensor:
@@ -335,11 +327,9 @@ def train_video(cfg: VideoTrainConfig, out: Path, eval_dir: Path) -> dict:
             print(f"eval@{done} " + json.dumps(res), flush=True)
             log["evals"].append({"step": done, **res})
         if time.time() - last_save > cfg.save_every_s:
-            log |= {"steps_done": done, "train_seconds": round(time.time() - t0, 1)}
-            save(model, processor, out, log)
+            save_progress(model, processor, out, log, done, t0)
             last_save = time.time()
-    log |= {"steps_done": done, "train_seconds": round(time.time() - t0, 1)}
-    save(model, processor, out, log)
+    save_progress(model, processor, out, log, done, t0)
     t1 = time.time()
     log["final_eval"] = evaluate_videos(model, processor, held_out, eval_dir / "videos")
     log["final_eval_seconds"] = round(time.time() - t1, 1)
